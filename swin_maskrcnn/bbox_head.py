@@ -1,0 +1,111 @@
+"""Box head (mmdet Shared2FCBBoxHead): classification and class-specific box regression of RoIs.
+
+Background is the LAST class: ``fc_cls`` has C + 1 outputs with column C = background, foreground
+labels are 0..C-1. ``fc_reg`` has 4C outputs viewed as (C, 4). Regression targets use the
+DeltaXYWH coder with stds (0.1, 0.1, 0.2, 0.2).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from .box_coder import DeltaXYWHBBoxCoder
+from .config import LossConfig
+from .losses import box_regression_loss, softmax_ce
+
+
+class BBoxHead(nn.Module):
+    def __init__(self, in_channels: int, roi_size: int, fc_dims: int, num_classes: int, loss_cfg: LossConfig):
+        super().__init__()
+        self.num_classes = num_classes
+        self.loss_cfg = loss_cfg
+        self.shared_fcs = nn.ModuleList([nn.Linear(in_channels * roi_size * roi_size, fc_dims), nn.Linear(fc_dims, fc_dims)])
+        self.fc_cls = nn.Linear(fc_dims, num_classes + 1)
+        self.fc_reg = nn.Linear(fc_dims, 4 * num_classes)
+        for fc in self.shared_fcs:
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+        nn.init.normal_(self.fc_cls.weight, std=0.01)
+        nn.init.zeros_(self.fc_cls.bias)
+        nn.init.normal_(self.fc_reg.weight, std=0.001)
+        nn.init.zeros_(self.fc_reg.bias)
+        self.coder = DeltaXYWHBBoxCoder(stds=(0.1, 0.1, 0.2, 0.2))
+
+    def forward(self, roi_feats: Tensor) -> tuple[Tensor, Tensor]:
+        """(K, C, 7, 7) -> class logits (K, C+1) and deltas (K, 4C)."""
+        x = roi_feats.flatten(1)
+        for fc in self.shared_fcs:
+            x = F.relu(fc(x))
+        return self.fc_cls(x), self.fc_reg(x)
+
+    def loss(
+        self,
+        cls_score: Tensor,
+        bbox_pred: Tensor,
+        labels: Tensor,
+        label_weights: Tensor,
+        bbox_targets: Tensor,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Weighted ``loss_cls`` and ``loss_bbox`` over all sampled RoIs of the batch.
+
+        ``loss_cls``: softmax CE weighted per RoI (foreground RoIs by ``roi_cls_pos_weight``,
+        background by 1) and divided by the number of sampled RoIs (the weights do not enter the
+        avg_factor). ``loss_bbox``: L1 (or smooth-L1) on the GT class's 4 deltas of positive RoIs,
+        divided by the number of sampled RoIs (mmdet) or, with ``roi_bbox_avg_factor='positives'``,
+        by the number of positives. With no positive the loss is a zero that stays in the graph.
+        """
+        lc = self.loss_cfg
+        n = labels.shape[0]
+        avg = max(float((label_weights > 0).sum().item()), 1.0)
+        loss_cls = softmax_ce(cls_score, labels, label_weights, "mean", avg, lc.eps)
+        pos = (labels >= 0) & (labels < self.num_classes)
+        num_pos = int(pos.sum())
+        if num_pos:
+            pred = bbox_pred.view(n, -1, 4)[pos, labels[pos]]
+            box_avg = float(n) if lc.roi_bbox_avg_factor == "all_samples" else float(num_pos)
+            loss_bbox = box_regression_loss(
+                pred, bbox_targets[pos], None, lc.bbox_loss, lc.smooth_l1_beta, "mean", box_avg, lc.eps
+            )
+        else:
+            loss_bbox = bbox_pred[pos].sum()
+        with torch.no_grad():
+            pred_labels = cls_score.argmax(dim=1)
+            correct = pred_labels == labels
+            acc = correct.float().mean() * 100 if n else cls_score.new_zeros(())
+            acc_fg = correct[pos].float().mean() * 100 if num_pos else cls_score.new_zeros(())
+        losses = {"loss_cls": loss_cls * lc.roi_loss_cls_weight, "loss_bbox": loss_bbox * lc.roi_loss_bbox_weight}
+        return losses, {"acc": acc.detach(), "acc_fg": acc_fg.detach()}
+
+    @torch.no_grad()
+    def predict(
+        self,
+        rois: Tensor,
+        cls_score: Tensor,
+        bbox_pred: Tensor,
+        img_shape: tuple[int, int],
+        score_thr: float,
+        nms_iou: float,
+        max_per_img: int,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One image's detections: boxes (K, 4) in input pixels, scores (K,), labels (K,).
+
+        Softmax, class-specific decode, clip; every (box, class) pair with score > ``score_thr``
+        enters a per-class NMS at ``nms_iou``; the best ``max_per_img`` are kept (mmdet multiclass_nms).
+        """
+        c = self.num_classes
+        scores = F.softmax(cls_score.float(), dim=-1)
+        k = rois.shape[0]
+        boxes = self.coder.decode(
+            rois[:, 1:5].repeat_interleave(c, dim=0), bbox_pred.reshape(-1, 4), max_shape=img_shape
+        ).view(k, c, 4)
+        fg = scores[:, :c]
+        labels = torch.arange(c, device=fg.device).view(1, -1).expand_as(fg)
+        boxes, fg, labels = boxes.reshape(-1, 4), fg.reshape(-1), labels.reshape(-1)
+        valid = fg > score_thr
+        boxes, fg, labels = boxes[valid], fg[valid], labels[valid]
+        if boxes.numel() == 0:
+            return boxes.new_zeros(0, 4), fg.new_zeros(0), labels.new_zeros(0)
+        keep = batched_nms(boxes, fg, labels, nms_iou)[:max_per_img]
+        return boxes[keep], fg[keep], labels[keep]

@@ -1,0 +1,162 @@
+"""Typed model configuration (pydantic).
+
+Every default is mmdetection's ``mask-rcnn_swin-t-p4-w7_fpn_1x_coco`` value unless the field's
+description says otherwise. Unknown keys and out-of-range values are validation errors that name
+the key (``extra="forbid"`` plus field constraints).
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SWIN_VARIANTS: dict[str, dict[str, tuple[int, ...] | int]] = {
+    "swin_t": dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "swin_s": dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "swin_b": dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+}
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LossConfig(StrictModel):
+    """Every loss control of the design. Defaults reproduce mmdet exactly.
+
+    Positive weights enter as per-sample classification weights (mmdet's ``train_cfg.*.pos_weight``):
+    positives get ``*_pos_weight``, negatives 1.0, and the classification avg_factor stays the plain
+    sample count, so a weight of 1.0 is mmdet's loss.
+    """
+
+    rpn_cls_pos_weight: float = Field(1.0, gt=0, description="weight of positive anchors in the RPN BCE")
+    roi_cls_pos_weight: float = Field(1.0, gt=0, description="weight of foreground RoIs in the RoI CE")
+    rpn_loss_cls_weight: float = Field(1.0, ge=0)
+    rpn_loss_bbox_weight: float = Field(1.0, ge=0)
+    roi_loss_cls_weight: float = Field(1.0, ge=0)
+    roi_loss_bbox_weight: float = Field(1.0, ge=0)
+    roi_loss_mask_weight: float = Field(1.0, ge=0)
+    bbox_loss: Literal["l1", "smooth_l1"] = Field("l1", description="box regression loss (RPN and RoI)")
+    smooth_l1_beta: float = Field(1.0, gt=0, description="beta of smooth_l1 (ignored for l1)")
+    roi_bbox_avg_factor: Literal["all_samples", "positives"] = Field(
+        "all_samples",
+        description="RoI box loss divisor: mmdet's number of sampled RoIs, or the number of positives",
+    )
+    eps: float = Field(
+        1.1920928955078125e-07,
+        gt=0,
+        le=1e-2,
+        description="added to every avg_factor so divisions stay finite (mmdet: float32 machine eps)",
+    )
+    clip_grad_norm: Optional[float] = Field(
+        None, gt=0, description="max global gradient norm for training (mmdet: none)"
+    )
+
+
+class RPNConfig(StrictModel):
+    """Anchors, assignment, sampling and proposal settings of the RPN (mmdet defaults)."""
+
+    anchor_scales: list[float] = Field(default_factory=lambda: [8.0], min_length=1)
+    anchor_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1)
+    anchor_strides: list[int] = Field(default_factory=lambda: [4, 8, 16, 32, 64], min_length=5, max_length=5)
+    pos_iou_thr: float = Field(0.7, ge=0, le=1)
+    neg_iou_thr: float = Field(0.3, ge=0, le=1)
+    min_pos_iou: float = Field(0.3, ge=0, le=1)
+    num_samples: int = Field(256, ge=1)
+    pos_fraction: float = Field(0.5, gt=0, le=1)
+    nms_pre_train: int = Field(2000, ge=1, description="per-level top-k before NMS, training")
+    nms_pre_test: int = Field(1000, ge=1, description="per-level top-k before NMS, testing")
+    max_per_img_train: int = Field(1000, ge=1)
+    max_per_img_test: int = Field(1000, ge=1)
+    nms_iou: float = Field(0.7, gt=0, le=1)
+    min_bbox_size: float = Field(0.0, ge=0)
+
+
+class RoIConfig(StrictModel):
+    """RoI assignment, sampling and test-time post-processing (mmdet defaults)."""
+
+    pos_iou_thr: float = Field(0.5, ge=0, le=1)
+    neg_iou_thr: float = Field(0.5, ge=0, le=1)
+    min_pos_iou: float = Field(0.5, ge=0, le=1)
+    num_samples: int = Field(512, ge=1)
+    pos_fraction: float = Field(0.25, gt=0, le=1)
+    add_gt_as_proposals: bool = True
+    finest_scale: float = Field(56.0, gt=0)
+    score_thr: float = Field(0.05, ge=0, le=1)
+    nms_iou: float = Field(0.5, gt=0, le=1)
+    max_per_img: int = Field(100, ge=1, le=10000, description="detection cap per image (≥400 allowed)")
+    mask_thr: float = Field(0.5, ge=0, le=1)
+    mask_size: int = Field(28, ge=2)
+
+
+class ModelConfig(StrictModel):
+    """The whole detector. ``num_classes`` counts foreground classes only (background is index C)."""
+
+    variant: Literal["swin_t", "swin_s", "swin_b", "custom"] = "swin_t"
+    num_classes: int = Field(80, ge=1)
+    embed_dims: Optional[int] = Field(None, ge=1, description="override of the variant's width")
+    depths: Optional[list[int]] = Field(None, min_length=4, max_length=4)
+    num_heads: Optional[list[int]] = Field(None, min_length=4, max_length=4)
+    window_size: int = Field(7, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    drop_path_rate: float = Field(0.2, ge=0, lt=1)
+    frozen_stages: int = Field(-1, ge=-1, le=4)
+    with_cp: bool = Field(False, description="gradient checkpointing in the Swin blocks")
+    fpn_channels: int = Field(256, ge=1)
+    roi_fc_dims: int = Field(1024, ge=1)
+    mask_head_channels: int = Field(256, ge=1)
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    size_divisor: int = Field(32, ge=1)
+    rpn: RPNConfig = Field(default_factory=RPNConfig)
+    roi: RoIConfig = Field(default_factory=RoIConfig)
+    losses: LossConfig = Field(default_factory=LossConfig)
+
+    @model_validator(mode="after")
+    def _check_arch(self) -> "ModelConfig":
+        if self.variant == "custom" and (self.embed_dims is None or self.depths is None or self.num_heads is None):
+            raise ValueError("variant 'custom' needs embed_dims, depths and num_heads")
+        heads = self.resolved_num_heads()
+        dims = self.resolved_embed_dims()
+        for i, h in enumerate(heads):
+            if (dims * 2**i) % h:
+                raise ValueError(f"num_heads[{i}]={h} does not divide stage width {dims * 2**i}")
+        return self
+
+    def resolved_embed_dims(self) -> int:
+        if self.embed_dims is not None:
+            return self.embed_dims
+        return int(SWIN_VARIANTS[self.variant]["embed_dims"])  # type: ignore[arg-type]
+
+    def resolved_depths(self) -> tuple[int, ...]:
+        if self.depths is not None:
+            return tuple(self.depths)
+        return tuple(SWIN_VARIANTS[self.variant]["depths"])  # type: ignore[arg-type]
+
+    def resolved_num_heads(self) -> tuple[int, ...]:
+        if self.num_heads is not None:
+            return tuple(self.num_heads)
+        return tuple(SWIN_VARIANTS[self.variant]["num_heads"])  # type: ignore[arg-type]
+
+    def stage_channels(self) -> list[int]:
+        d = self.resolved_embed_dims()
+        return [d, 2 * d, 4 * d, 8 * d]
+
+
+def tiny_model_config(num_classes: int = 3, **overrides) -> ModelConfig:
+    """The small model used by the fast tests and the demo: embed 32, one block per stage."""
+    base = dict(
+        variant="custom",
+        num_classes=num_classes,
+        embed_dims=32,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 2, 4, 8],
+        drop_path_rate=0.0,
+        fpn_channels=64,
+        roi_fc_dims=256,
+        mask_head_channels=64,
+    )
+    base.update(overrides)
+    return ModelConfig(**base)

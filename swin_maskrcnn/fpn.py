@@ -1,0 +1,43 @@
+"""Feature Pyramid Network as in mmdet's Swin Mask R-CNN config.
+
+1x1 laterals and 3x3 outputs (bias, no norm, no activation), top-down nearest upsampling to the
+lateral's size, and P6 = max_pool(P5, kernel 1, stride 2) (``add_extra_convs=False``).
+Module names match mmdet's state_dict (``lateral_convs.{i}.conv``, ``fpn_convs.{i}.conv``).
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ConvWrap(nn.Module):
+    """A bare conv living at ``<name>.conv`` so the state_dict keys match mmdet's ConvModule."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, relu: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2)
+        self.relu = relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        return F.relu(x) if self.relu else x
+
+
+class FPN(nn.Module):
+    def __init__(self, in_channels: list[int], out_channels: int = 256) -> None:
+        super().__init__()
+        self.lateral_convs = nn.ModuleList([ConvWrap(c, out_channels, 1) for c in in_channels])
+        self.fpn_convs = nn.ModuleList([ConvWrap(out_channels, out_channels, 3) for _ in in_channels])
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        """4 backbone maps (strides 4..32) -> 5 maps P2..P6 with ``out_channels`` each."""
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)]
+        outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
+        return outs

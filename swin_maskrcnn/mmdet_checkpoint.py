@@ -1,0 +1,148 @@
+"""Load mmdetection Swin Mask R-CNN checkpoints (``{'state_dict', 'meta'}``) into SwinMaskRCNN.
+
+Our module names equal mmdet's, and our patch merging uses mmdet's ``nn.Unfold`` channel order, so
+published mmdet checkpoints load key for key with no value permutation. The architecture (Swin
+width, depths, heads, window; FPN, RoI and mask widths; class count) is read from tensor shapes, so
+T, S, B and narrowed models all load. Any key that cannot be placed, or any missing key, is an error
+listing the keys.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .config import SWIN_VARIANTS, ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the model; the message names the file and the keys."""
+
+
+def _strip_prefix(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop a DataParallel/DDP ``module.`` prefix if every key has it."""
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module.") :]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def infer_model_config(state_dict: Mapping[str, Tensor], **overrides: Any) -> ModelConfig:
+    """Rebuild the ``ModelConfig`` of an mmdet-layout state_dict from its tensor shapes."""
+    sd = state_dict
+    try:
+        embed = sd["backbone.patch_embed.projection.weight"].shape[0]
+        depths = []
+        heads = []
+        for s in range(4):
+            blocks = {
+                int(m.group(1))
+                for k in sd
+                if (m := re.match(rf"backbone\.stages\.{s}\.blocks\.(\d+)\.", k))
+            }
+            if not blocks:
+                raise KeyError(f"backbone.stages.{s}.blocks.*")
+            depths.append(max(blocks) + 1)
+            heads.append(sd[f"backbone.stages.{s}.blocks.0.attn.w_msa.relative_position_bias_table"].shape[1])
+        table = sd["backbone.stages.0.blocks.0.attn.w_msa.relative_position_bias_table"].shape[0]
+        window = (int(round(table**0.5)) + 1) // 2
+        mlp_ratio = sd["backbone.stages.0.blocks.0.ffn.layers.0.0.weight"].shape[0] / embed
+        fpn_ch = sd["neck.lateral_convs.0.conv.weight"].shape[0]
+        fc = sd["roi_head.bbox_head.shared_fcs.0.weight"].shape[0]
+        mask_ch = sd["roi_head.mask_head.convs.0.conv.weight"].shape[0]
+        num_classes = sd["roi_head.bbox_head.fc_cls.weight"].shape[0] - 1
+        n_anchors = sd["rpn_head.rpn_cls.weight"].shape[0]
+    except KeyError as e:
+        raise CheckpointError(f"not an mmdet Swin Mask R-CNN state_dict: missing {e}") from None
+    variant = "custom"
+    for name, spec in SWIN_VARIANTS.items():
+        if spec["embed_dims"] == embed and tuple(spec["depths"]) == tuple(depths) and tuple(spec["num_heads"]) == tuple(heads):
+            variant = name
+    kwargs: dict[str, Any] = dict(
+        variant=variant,
+        num_classes=num_classes,
+        window_size=window,
+        mlp_ratio=mlp_ratio,
+        fpn_channels=fpn_ch,
+        roi_fc_dims=fc,
+        mask_head_channels=mask_ch,
+    )
+    if variant == "custom":
+        kwargs.update(embed_dims=embed, depths=depths, num_heads=heads)
+    kwargs.update(overrides)
+    cfg = ModelConfig(**kwargs)
+    expected_anchors = len(cfg.rpn.anchor_scales) * len(cfg.rpn.anchor_ratios)
+    if n_anchors != expected_anchors:
+        raise CheckpointError(f"rpn_cls has {n_anchors} anchors per position, the config gives {expected_anchors}")
+    return cfg
+
+
+def load_state_dict_strict(model: torch.nn.Module, sd: Mapping[str, Tensor], source: str = "state_dict") -> None:
+    """Load with every key placed and every model key present; otherwise raise listing the keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shape_bad = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or shape_bad:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+        if shape_bad:
+            parts.append(
+                "shape mismatches: " + ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in shape_bad)
+            )
+        raise CheckpointError(f"{source}: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def read_mmdet_checkpoint(path: Union[str, Path]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(state_dict, meta) of an mmdet checkpoint file, read with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True): {e}") from e
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        sd, meta = obj["state_dict"], obj.get("meta") or {}
+    elif isinstance(obj, Mapping) and all(isinstance(v, Tensor) for v in obj.values()):
+        sd, meta = obj, {}
+    else:
+        raise CheckpointError(f"{path}: expected {{'state_dict', 'meta'}} or a plain state_dict")
+    return _strip_prefix(sd), dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def class_names_from_meta(meta: Mapping[str, Any]) -> Optional[list[str]]:
+    """Class names stored by mmdet 3 (``dataset_meta.classes``) or mmdet 2 (``CLASSES``)."""
+    dm = meta.get("dataset_meta")
+    if isinstance(dm, Mapping) and dm.get("classes") is not None:
+        return list(dm["classes"])
+    if meta.get("CLASSES") is not None:
+        return list(meta["CLASSES"])
+    return None
+
+
+def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu", **cfg_overrides: Any):
+    """An ``SwinMaskRCNN`` with the weights of an mmdet checkpoint, in eval mode.
+
+    The variant (T/S/B or custom widths) and class count come from the tensor shapes;
+    ``cfg_overrides`` set other ModelConfig fields (e.g. ``roi={"score_thr": 0.3}``).
+    ``model.class_names`` holds the checkpoint's class names when it stores them.
+    """
+    from .model import SwinMaskRCNN  # local import: model imports nothing from here
+
+    sd, meta = read_mmdet_checkpoint(path)
+    cfg = infer_model_config(sd, **cfg_overrides)
+    model = SwinMaskRCNN(cfg)
+    load_state_dict_strict(model, sd, source=str(path))
+    model.class_names = class_names_from_meta(meta)
+    log.info("loaded %s: %s, %d classes", path, cfg.variant, cfg.num_classes)
+    return model.to(map_location).eval()

@@ -1,0 +1,52 @@
+"""Multi-level RoIAlign with mmdet's level mapping (SingleRoIExtractor).
+
+Each RoI goes to level floor(log2(sqrt(w*h) / finest_scale + 1e-6)) clamped to the available levels
+(P2..P5), and is pooled with ``torchvision.ops.roi_align(aligned=True, sampling_ratio=0)`` at that
+level's ``1 / stride``. Output rows follow the input RoI order (predecessor bug B5), and each RoI
+keeps its batch index (bug B6).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import roi_align
+
+
+def map_roi_levels(rois: Tensor, num_levels: int, finest_scale: float = 56.0) -> Tensor:
+    """Level index (0-based) of each RoI (K, 5) = [batch_idx, x1, y1, x2, y2]."""
+    scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+    lvls = torch.floor(torch.log2(scale / finest_scale + 1e-6))
+    return lvls.clamp(min=0, max=num_levels - 1).long()
+
+
+def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
+    """Per-image (K_i, 4) boxes -> (sum K_i, 5) RoIs with the image index in column 0."""
+    rois = [torch.cat([b.new_full((b.shape[0], 1), float(i)), b[:, :4]], dim=1) for i, b in enumerate(boxes)]
+    return torch.cat(rois, dim=0) if rois else torch.zeros(0, 5)
+
+
+class RoIExtractor:
+    def __init__(self, output_size: int, strides: list[int], finest_scale: float = 56.0) -> None:
+        self.output_size = output_size
+        self.strides = list(strides)
+        self.finest_scale = finest_scale
+
+    def __call__(self, feats: list[Tensor], rois: Tensor) -> Tensor:
+        """(K, C, S, S) features of ``rois`` pooled from ``feats`` (one map per stride)."""
+        n_lvls = len(self.strides)
+        out = feats[0].new_zeros(rois.shape[0], feats[0].shape[1], self.output_size, self.output_size)
+        if rois.shape[0] == 0:
+            # Keep the graph (zero contribution) so an empty batch still back-propagates.
+            return out + sum(f.sum() * 0 for f in feats[:n_lvls])
+        lvls = map_roi_levels(rois, n_lvls, self.finest_scale)
+        rois = rois.to(feats[0].dtype)
+        for lvl in range(n_lvls):
+            idx = torch.nonzero(lvls == lvl).flatten()
+            if idx.numel() == 0:
+                out = out + feats[lvl].sum() * 0  # keep every level in the graph
+                continue
+            pooled = roi_align(
+                feats[lvl], rois[idx], self.output_size, spatial_scale=1.0 / self.strides[lvl], sampling_ratio=0, aligned=True
+            )
+            out = out.index_copy(0, idx, pooled.to(out.dtype))
+        return out

@@ -1,0 +1,130 @@
+"""RoI stage (mmdet StandardRoIHead): sample proposals, train box and mask heads, or detect.
+
+Training per image: assign the proposals to the GT (0.5 / 0.5 / 0.5, low-quality matches), then
+prepend the GT boxes as proposals assigned to themselves, sample 512 at 0.25, and build labels
+(background = C), per-RoI class weights and box targets. The mask head trains on the positive RoIs.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .assigner import MaxIoUAssigner
+from .bbox_head import BBoxHead
+from .config import ModelConfig
+from .mask_head import MaskHead, paste_masks
+from .roi_extractor import RoIExtractor, boxes_to_rois
+from .sampler import ChoiceFn, RandomSampler, SamplingResult
+
+ROI_STRIDES = [4, 8, 16, 32]
+
+
+class RoIHead(nn.Module):
+    def __init__(self, cfg: ModelConfig, choice: Optional[ChoiceFn] = None) -> None:
+        super().__init__()
+        self.cfg = cfg.roi
+        self.num_classes = cfg.num_classes
+        ch = cfg.fpn_channels
+        self.bbox_roi_extractor = RoIExtractor(7, ROI_STRIDES, cfg.roi.finest_scale)
+        self.mask_roi_extractor = RoIExtractor(14, ROI_STRIDES, cfg.roi.finest_scale)
+        self.bbox_head = BBoxHead(ch, 7, cfg.roi_fc_dims, cfg.num_classes, cfg.losses)
+        self.mask_head = MaskHead(ch, cfg.mask_head_channels, cfg.num_classes, cfg.losses)
+        self.assigner = MaxIoUAssigner(cfg.roi.pos_iou_thr, cfg.roi.neg_iou_thr, cfg.roi.min_pos_iou)
+        self.sampler = RandomSampler(cfg.roi.num_samples, cfg.roi.pos_fraction, choice)
+        self.loss_cfg = cfg.losses
+
+    def sample(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[Tensor, SamplingResult]:
+        """Candidates (GT first when ``add_gt_as_proposals``) and the sampling result over them."""
+        boxes = proposals[:, :4]
+        assign = self.assigner.assign(boxes, gt_boxes, gt_labels)
+        gt_inds, labels = assign.gt_inds, assign.labels
+        if self.cfg.add_gt_as_proposals and gt_boxes.shape[0] > 0:
+            g = gt_boxes.shape[0]
+            boxes = torch.cat([gt_boxes.to(boxes.dtype), boxes], dim=0)
+            gt_inds = torch.cat([torch.arange(1, g + 1, device=boxes.device), gt_inds])
+            labels = torch.cat([gt_labels.long().to(boxes.device), labels])
+        return boxes, self.sampler.sample(gt_inds, labels)
+
+    def loss(
+        self, feats: list[Tensor], proposals: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Weighted ``loss_cls``, ``loss_bbox``, ``loss_mask`` and sampling statistics."""
+        c = self.num_classes
+        lc = self.loss_cfg
+        sampled_boxes, pos_boxes, labels_l, weights_l, box_t_l = [], [], [], [], []
+        mask_t_l, mask_labels_l = [], []
+        num_pos = num_neg = 0
+        for props, tgt in zip(proposals, targets):
+            gt_boxes = tgt["boxes"].float()
+            gt_labels = tgt["labels"].long()
+            boxes, samp = self.sample(props, gt_boxes, gt_labels)
+            pos_b = boxes[samp.pos_inds]
+            neg_b = boxes[samp.neg_inds]
+            p, n = samp.num_pos, samp.num_neg
+            labels = torch.full((p + n,), c, dtype=torch.long, device=boxes.device)
+            labels[:p] = samp.pos_labels
+            weights = boxes.new_ones(p + n)
+            weights[:p] = lc.roi_cls_pos_weight
+            box_t = boxes.new_zeros(p + n, 4)
+            if p:
+                box_t[:p] = self.bbox_head.coder.encode(pos_b, gt_boxes[samp.pos_assigned_gt_inds])
+            sampled_boxes.append(torch.cat([pos_b, neg_b], 0))
+            pos_boxes.append(pos_b)
+            labels_l.append(labels)
+            weights_l.append(weights)
+            box_t_l.append(box_t)
+            mask_t_l.append(MaskHead.targets(pos_b, tgt["masks"], samp.pos_assigned_gt_inds, self.cfg.mask_size))
+            mask_labels_l.append(samp.pos_labels)
+            num_pos += p
+            num_neg += n
+        rois = boxes_to_rois(sampled_boxes)
+        cls_score, bbox_pred = self.bbox_head(self.bbox_roi_extractor(feats, rois))
+        losses, stats = self.bbox_head.loss(
+            cls_score, bbox_pred, torch.cat(labels_l), torch.cat(weights_l), torch.cat(box_t_l)
+        )
+        mask_logits = self.mask_head(self.mask_roi_extractor(feats, boxes_to_rois(pos_boxes)))
+        losses.update(self.mask_head.loss(mask_logits, torch.cat(mask_t_l), torch.cat(mask_labels_l)))
+        stats["roi_num_pos"] = torch.tensor(float(num_pos))
+        stats["roi_num_neg"] = torch.tensor(float(num_neg))
+        return losses, stats
+
+    @torch.no_grad()
+    def predict(
+        self,
+        feats: list[Tensor],
+        proposals: list[Tensor],
+        img_shapes: list[tuple[int, int]],
+        out_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Detections per image, boxes scaled and masks pasted to ``out_sizes`` (h, w).
+
+        NMS and mask RoIs run in network-input pixels; boxes are then divided by the per-axis
+        scale (input / output size) and masks pasted at the output size, as mmdet does.
+        """
+        cfg = self.cfg
+        rois = boxes_to_rois([p[:, :4] for p in proposals])
+        cls_score, bbox_pred = self.bbox_head(self.bbox_roi_extractor(feats, rois))
+        counts = [p.shape[0] for p in proposals]
+        dets = []
+        for img, (cs, bp, r) in enumerate(zip(cls_score.split(counts), bbox_pred.split(counts), rois.split(counts))):
+            boxes, scores, labels = self.bbox_head.predict(
+                r, cs, bp, img_shapes[img], cfg.score_thr, cfg.nms_iou, cfg.max_per_img
+            )
+            dets.append((boxes, scores, labels))
+        mask_logits = self.mask_head(self.mask_roi_extractor(feats, boxes_to_rois([d[0] for d in dets])))
+        results = []
+        start = 0
+        for img, (boxes, scores, labels) in enumerate(dets):
+            k = boxes.shape[0]
+            logits = mask_logits[start : start + k]
+            start += k
+            probs = logits[torch.arange(k, device=labels.device), labels].sigmoid()
+            ih, iw = img_shapes[img]
+            oh, ow = out_sizes[img]
+            scale = boxes.new_tensor([iw / ow, ih / oh, iw / ow, ih / oh])  # mmdet's scale_factor
+            out_boxes = boxes / scale
+            masks = paste_masks(probs, out_boxes, oh, ow, cfg.mask_thr)
+            results.append({"boxes": out_boxes, "scores": scores, "labels": labels, "masks": masks})
+        return results
