@@ -1,0 +1,435 @@
+"""Swin Transformer backbone with mmdetection 3.x semantics and state_dict layout.
+
+The module tree reproduces mmdet's ``SwinTransformer`` key names exactly (``patch_embed.projection``,
+``stages.{s}.blocks.{b}.attn.w_msa.*``, ``ffn.layers.0.0`` / ``ffn.layers.1``,
+``stages.{s}.downsample.{norm,reduction}``, ``norm0..norm3``), so an mmdet checkpoint's ``backbone.*``
+tensors load without renaming. Numerics follow mmdet too:
+
+* corner padding (bottom/right zeros) before the patch embedding, the window partition and the
+  patch merging, so any input size works and outputs have ``ceil(H / stride)`` sizes;
+* padded tokens are not masked in attention; only the shifted-window mask (-100) is added;
+* patch merging uses ``nn.Unfold`` channel order (index ``c * 4 + dh * 2 + dw``), which differs
+  from the original Swin / torchvision ``cat[x0, x1, x2, x3]`` order;
+* mmcv's DropPath (uniform draw, per sample) with a linear rate over all blocks;
+* one LayerNorm per output (``norm{i}``) applied to each stage's output before its downsample.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from swin_maskrcnn.config import ModelConfig
+
+# Value mmdet (and the original Swin) adds to attention logits between tokens of different regions.
+SHIFT_MASK_VALUE = -100.0
+
+
+def relative_position_index(window_size: int) -> Tensor:
+    """Index into the (2w-1)^2 bias table for every (query, key) pair of a w x w window, as mmdet.
+
+    mmdet builds it as ``flip(seq + seq.T, dim=1)`` with ``seq[i*w + j] = i*(2w-1) + j``; the values
+    equal the original Swin formula ``(dh + w - 1) * (2w - 1) + (dw + w - 1)``.
+    """
+    w = window_size
+    seq = (torch.arange(w)[:, None] * (2 * w - 1) + torch.arange(w)[None, :]).reshape(1, -1)
+    return (seq + seq.T).flip(1).contiguous()
+
+
+def window_partition(x: Tensor, window_size: int) -> Tensor:
+    """Split ``[B, H, W, C]`` (H, W multiples of the window) into ``[B * nW, w * w, C]`` windows."""
+    B, H, W, C = x.shape
+    w = window_size
+    x = x.view(B, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, w * w, C)
+
+
+def window_reverse(windows: Tensor, window_size: int, H: int, W: int) -> Tensor:
+    """Inverse of :func:`window_partition`: ``[B * nW, w * w, C]`` back to ``[B, H, W, C]``."""
+    w = window_size
+    C = windows.shape[-1]
+    x = windows.view(-1, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+def shift_window_mask(H_pad: int, W_pad: int, window_size: int, shift_size: int, device=None) -> Tensor:
+    """Additive mask ``[nW, w*w, w*w]`` for shifted windows: 0 within a region, -100 across regions.
+
+    The padded, rolled map is cut into 3 x 3 regions (slices ``[0, -w)``, ``[-w, -s)``, ``[-s, end)``
+    per axis, mmdet's layout on the padded size); tokens that wrapped around by the cyclic shift land
+    in a different region than their window neighbours and must not attend to them.
+    """
+    region = torch.zeros((1, H_pad, W_pad, 1), device=device)
+    w, s = window_size, shift_size
+    slices = (slice(0, -w), slice(-w, -s), slice(-s, None))
+    label = 0
+    for hs in slices:
+        for ws in slices:
+            region[:, hs, ws, :] = label
+            label += 1
+    region_windows = window_partition(region, w).squeeze(-1)  # nW, w*w
+    diff = region_windows.unsqueeze(1) - region_windows.unsqueeze(2)
+    return torch.zeros_like(diff).masked_fill(diff != 0, SHIFT_MASK_VALUE)
+
+
+class DropPath(nn.Module):
+    """mmcv's stochastic depth: drop a whole residual branch per sample, rescale the kept ones.
+
+    The keep mask is ``floor(keep_prob + U[0, 1))`` (a Bernoulli(keep_prob) draw), so E[output] = x.
+    Identity in eval mode or when the rate is 0.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep_prob = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        keep = (keep_prob + torch.rand(shape, dtype=x.dtype, device=x.device)).floor()
+        return x.div(keep_prob) * keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.4f}"
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding: corner pad to a patch multiple, conv, flatten, LayerNorm."""
+
+    def __init__(self, in_channels: int, embed_dims: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.projection = nn.Conv2d(in_channels, embed_dims, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dims)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """``[B, C, H, W]`` -> tokens ``[B, ceil(H/p) * ceil(W/p), D]`` and their ``(h, w)``."""
+        p = self.patch_size
+        pad_h, pad_w = (-x.shape[-2]) % p, (-x.shape[-1]) % p
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self.projection(x)
+        hw = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)
+        return self.norm(x), hw
+
+
+class WindowMSA(nn.Module):
+    """Multi-head self-attention inside each window, with a learned relative position bias.
+
+    ``use_sdpa`` selects ``F.scaled_dot_product_attention`` (default) or the explicit
+    ``softmax(q k^T * scale + bias + mask) v``; both compute the same function.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, window_size: int, use_sdpa: bool = True) -> None:
+        super().__init__()
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.scale = (embed_dims // num_heads) ** -0.5
+        self.use_sdpa = use_sdpa
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window_size))
+        self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=True)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def relative_position_bias(self) -> Tensor:
+        """The bias ``[nH, w*w, w*w]`` gathered from the table."""
+        n = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, self.num_heads).permute(2, 0, 1)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x``: ``[B * nW, N, C]`` windows (batch-major); ``mask``: additive ``[nW, N, N]`` or None."""
+        BW, N, C = x.shape
+        nH = self.num_heads
+        qkv = self.qkv(x).reshape(BW, N, 3, nH, C // nH).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each [B * nW, nH, N, hd]
+        attn_bias = self.relative_position_bias().unsqueeze(0)  # 1, nH, N, N
+        if mask is not None:
+            # View the windows as [B, nW, ...] so the [nW, 1, N, N] mask broadcasts over batch and heads.
+            nW = mask.shape[0]
+            q, k, v = (t.view(BW // nW, nW, nH, N, -1) for t in (q, k, v))
+            attn_bias = attn_bias + mask.unsqueeze(1)  # nW, nH, N, N
+        attn_bias = attn_bias.to(q.dtype)
+        if self.use_sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1) + attn_bias
+            out = attn.softmax(dim=-1) @ v
+        out = out.reshape(BW, nH, N, C // nH).transpose(1, 2).reshape(BW, N, C)
+        return self.proj(out)
+
+
+class ShiftWindowMSA(nn.Module):
+    """(Shifted-)window attention over a token map: pad to a window multiple, roll, attend, undo.
+
+    Padding is bottom/right zeros and is not masked (mmdet behaviour); the shift mask is built on the
+    padded size. ``shift_size`` 0 is plain W-MSA.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, window_size: int, shift_size: int) -> None:
+        super().__init__()
+        assert 0 <= shift_size < window_size
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.w_msa = WindowMSA(embed_dims, num_heads, window_size)
+
+    def forward(self, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
+        B, L, C = x.shape
+        H, W = hw_shape
+        assert L == H * W, "token count does not match hw_shape"
+        w, s = self.window_size, self.shift_size
+        x = x.view(B, H, W, C)
+        pad_b, pad_r = (-H) % w, (-W) % w
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        H_pad, W_pad = H + pad_b, W + pad_r
+
+        mask = None
+        if s > 0:
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
+            mask = shift_window_mask(H_pad, W_pad, w, s, device=x.device)
+
+        windows = self.w_msa(window_partition(x, w), mask=mask)
+        x = window_reverse(windows, w, H_pad, W_pad)
+
+        if s > 0:
+            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
+        if pad_b or pad_r:
+            x = x[:, :H, :W, :]
+        return x.reshape(B, H * W, C)
+
+
+class FFN(nn.Module):
+    """Two-layer MLP ``Linear(C, hidden) -> GELU -> Linear(hidden, C)``, laid out as mmcv's FFN.
+
+    ``layers.0.0`` is fc1 and ``layers.1`` is fc2, the key names of mmdet checkpoints.
+    """
+
+    def __init__(self, embed_dims: int, hidden_dims: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Sequential(nn.Linear(embed_dims, hidden_dims), nn.GELU()),
+            nn.Linear(hidden_dims, embed_dims),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm transformer block: ``x + DropPath(SW-MSA(LN(x)))`` then ``x + DropPath(FFN(LN(x)))``."""
+
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        hidden_dims: int,
+        window_size: int,
+        shift: bool,
+        drop_path_rate: float,
+        with_cp: bool = False,
+    ) -> None:
+        super().__init__()
+        self.with_cp = with_cp
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.attn = ShiftWindowMSA(embed_dims, num_heads, window_size, window_size // 2 if shift else 0)
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.ffn = FFN(embed_dims, hidden_dims)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def _forward(self, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
+        return x + self.drop_path(self.ffn(self.norm2(x)))
+
+    def forward(self, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
+        if self.with_cp and self.training and torch.is_grad_enabled():
+            # Recompute activations in backward; the RNG state is restored so DropPath draws match.
+            return cp.checkpoint(self._forward, x, hw_shape, use_reentrant=False)
+        return self._forward(x, hw_shape)
+
+
+class PatchMerging(nn.Module):
+    """2x downsampling: corner pad to even size, gather 2x2 neighbours with ``nn.Unfold``, LN, Linear.
+
+    The 4C vector is in Unfold order (channel-major: index ``c * 4 + dh * 2 + dw``), as mmdet
+    checkpoints expect.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.sampler = nn.Unfold(kernel_size=2, stride=2)
+        self.norm = nn.LayerNorm(4 * in_channels)
+        self.reduction = nn.Linear(4 * in_channels, out_channels, bias=False)
+
+    def forward(self, x: Tensor, hw_shape: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+        B, L, C = x.shape
+        H, W = hw_shape
+        assert L == H * W, "token count does not match hw_shape"
+        x = x.view(B, H, W, C).permute(0, 3, 1, 2)
+        pad_h, pad_w = H % 2, W % 2
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        out_hw = ((H + pad_h) // 2, (W + pad_w) // 2)
+        x = self.sampler(x).transpose(1, 2)  # B, H/2 * W/2, 4C
+        return self.reduction(self.norm(x)), out_hw
+
+
+class SwinStage(nn.Module):
+    """One resolution level: a sequence of alternating W-MSA / SW-MSA blocks, then optional merging.
+
+    (mmdet's ``SwinBlockSequence``.) Returns the pre-downsample output and the downsampled input of
+    the next stage.
+    """
+
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        hidden_dims: int,
+        depth: int,
+        window_size: int,
+        drop_path_rates: Sequence[float],
+        downsample: PatchMerging | None,
+        with_cp: bool = False,
+    ) -> None:
+        super().__init__()
+        assert len(drop_path_rates) == depth
+        self.blocks = nn.ModuleList(
+            SwinBlock(embed_dims, num_heads, hidden_dims, window_size, i % 2 == 1, drop_path_rates[i], with_cp)
+            for i in range(depth)
+        )
+        self.downsample = downsample
+
+    def forward(
+        self, x: Tensor, hw_shape: tuple[int, int]
+    ) -> tuple[Tensor, tuple[int, int], Tensor, tuple[int, int]]:
+        """Returns ``(stage_out, stage_hw, next_in, next_hw)``."""
+        for block in self.blocks:
+            x = block(x, hw_shape)
+        if self.downsample is None:
+            return x, hw_shape, x, hw_shape
+        x_down, down_hw = self.downsample(x, hw_shape)
+        return x, hw_shape, x_down, down_hw
+
+
+class SwinTransformer(nn.Module):
+    """Swin Transformer backbone returning 4 NCHW maps (strides 4, 8, 16, 32), mmdet-compatible.
+
+    ``frozen_stages`` follows mmdet: >= 0 freezes the patch embedding, and each ``i`` in
+    ``1..frozen_stages`` freezes ``stages[i-1]`` (with its downsample) and ``norm{i-1}``; frozen parts
+    get ``requires_grad=False`` and stay in eval mode across ``train()`` calls.
+    """
+
+    def __init__(
+        self,
+        embed_dims: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.2,
+        frozen_stages: int = -1,
+        with_cp: bool = False,
+        patch_size: int = 4,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        assert len(depths) == len(num_heads)
+        assert -1 <= frozen_stages <= len(depths)
+        self.frozen_stages = frozen_stages
+        num_stages = len(depths)
+        self.out_channels: list[int] = [embed_dims * 2**i for i in range(num_stages)]
+
+        self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size)
+
+        # Stochastic depth rises linearly from 0 to drop_path_rate over all blocks.
+        rates = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
+        self.stages = nn.ModuleList()
+        for i, channels in enumerate(self.out_channels):
+            downsample = PatchMerging(channels, 2 * channels) if i < num_stages - 1 else None
+            first = sum(depths[:i])
+            self.stages.append(
+                SwinStage(
+                    embed_dims=channels,
+                    num_heads=num_heads[i],
+                    hidden_dims=int(mlp_ratio * channels),
+                    depth=depths[i],
+                    window_size=window_size,
+                    drop_path_rates=rates[first : first + depths[i]],
+                    downsample=downsample,
+                    with_cp=with_cp,
+                )
+            )
+        for i, channels in enumerate(self.out_channels):
+            self.add_module(f"norm{i}", nn.LayerNorm(channels))
+
+        self.init_weights()
+        self._freeze_stages()
+
+    @classmethod
+    def from_config(cls, cfg: "ModelConfig") -> "SwinTransformer":
+        """Build the backbone described by a :class:`~swin_maskrcnn.config.ModelConfig`."""
+        return cls(
+            embed_dims=cfg.resolved_embed_dims(),
+            depths=cfg.resolved_depths(),
+            num_heads=cfg.resolved_num_heads(),
+            window_size=cfg.window_size,
+            mlp_ratio=cfg.mlp_ratio,
+            drop_path_rate=cfg.drop_path_rate,
+            frozen_stages=cfg.frozen_stages,
+            with_cp=cfg.with_cp,
+        )
+
+    def init_weights(self) -> None:
+        """mmdet's from-scratch init: Linear trunc_normal(0.02) / bias 0, LayerNorm 1 / 0, bias tables
+        trunc_normal(0.02); the patch conv keeps PyTorch's default."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, WindowMSA):
+                nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        """Modules frozen by ``frozen_stages`` (mmdet's ``_freeze_stages`` selection)."""
+        modules: list[nn.Module] = []
+        if self.frozen_stages >= 0:
+            modules.append(self.patch_embed)
+        for i in range(1, self.frozen_stages + 1):
+            modules += [self.stages[i - 1], getattr(self, f"norm{i - 1}")]
+        return modules
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> "SwinTransformer":
+        """Switch mode but keep frozen parts in eval (their DropPath stays inactive)."""
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """``[B, 3, H, W]`` -> 4 maps ``[B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2))]``."""
+        x, hw = self.patch_embed(x)
+        outs: list[Tensor] = []
+        for i, stage in enumerate(self.stages):
+            out, out_hw, x, hw = stage(x, hw)
+            out = getattr(self, f"norm{i}")(out)
+            outs.append(out.view(-1, *out_hw, self.out_channels[i]).permute(0, 3, 1, 2).contiguous())
+        return outs
