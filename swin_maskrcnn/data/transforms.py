@@ -1,0 +1,487 @@
+"""Training and test transforms that keep image, boxes, masks and labels aligned.
+
+Every transform is a callable ``t(image, target) -> (image, target)``:
+
+* ``image`` is a ``tv_tensors.Image`` (or plain tensor) of shape (3, H, W), uint8 or float. The
+  transforms never change the value range and never normalise; the dataset converts uint8 to
+  float in [0, 1] once, after the transforms, and the model normalises (mean/std) itself.
+* ``target`` is a dict with the per-instance keys ``boxes`` (N, 4) xyxy in pixels, ``labels``
+  (N,) and ``masks`` (N, H, W) uint8, plus the bookkeeping keys ``orig_size`` (h0, w0),
+  ``img_size`` (h, w) of the current image and ``scale_factor`` (w_scale, h_scale), the
+  cumulative resize factor *relative to the original image* (a crop does not change it; at test
+  time, with a single resize, it is exactly new / original per axis). Missing bookkeeping keys
+  are initialised from the image the first time a transform sees the target.
+
+The geometric work is done by ``torchvision.transforms.v2.functional`` on ``tv_tensors``
+(``Image``, ``BoundingBoxes``, ``Mask``); only the parameters are computed here, where mmdet's
+exact semantics need it:
+
+* keep-ratio resize uses mmcv's ``rescale_size`` (scale = min(long_max / long, short_max / short),
+  new size = ``int(x * scale + 0.5)``), the image bilinear (no antialias, like cv2's
+  INTER_LINEAR), masks nearest (``floor`` source index, like cv2's INTER_NEAREST), boxes scaled by
+  the actual per-axis ratios new_w / w and new_h / h, then clipped to the image.
+* :class:`RandomAbsoluteCrop` is mmdet's ``RandomCrop(crop_type='absolute_range')``; unlike mmdet
+  it also drops instances whose *mask* becomes empty, always removing box, mask, label together.
+
+Randomness comes from torch's global generator (seeded per DataLoader worker by PyTorch), so a run
+is reproducible given ``torch.manual_seed`` and the loader seed.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+__all__ = [
+    "INSTANCE_KEYS",
+    "rescale_size",
+    "Compose",
+    "Identity",
+    "Resize",
+    "RandomChoiceResize",
+    "RandomHorizontalFlip",
+    "RandomAbsoluteCrop",
+    "RandomChoice",
+    "MMDET_MS_SCALES",
+    "MMDET_CROP_PRE_SCALES",
+    "build_train_transforms",
+    "build_test_transforms",
+    "to_float_image",
+    "unwrap_target",
+]
+
+Target = dict[str, Any]
+Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
+
+#: keys whose first dimension indexes instances; they are filtered together whenever an
+#: instance is removed.
+INSTANCE_KEYS = ("boxes", "labels", "masks", "ann_ids", "iscrowd", "area")
+
+#: mmdet's multi-scale short sides 480..800 (step 32) with long side <= 1333.
+MMDET_MS_SCALES: list[tuple[int, int]] = [(1333, s) for s in range(480, 801, 32)]
+#: mmdet's pre-crop short sides of the ms-crop pipeline.
+MMDET_CROP_PRE_SCALES: list[tuple[int, int]] = [(1333, 400), (1333, 500), (1333, 600)]
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def rescale_size(old_size: tuple[int, int], scale: Union[float, tuple[int, int]]) -> tuple[tuple[int, int], float]:
+    """mmcv's ``rescale_size``: ``old_size`` is (w, h); returns ((new_w, new_h), scale_factor).
+
+    With a tuple ``scale`` the order of its two numbers does not matter: the larger bounds the long
+    side, the smaller the short side. New sizes are ``int(x * s + 0.5)`` (at least 1 px here).
+    """
+    w, h = int(old_size[0]), int(old_size[1])
+    if w <= 0 or h <= 0:
+        raise ValueError(f"invalid image size (w={w}, h={h})")
+    if isinstance(scale, (int, float)):
+        s = float(scale)
+    else:
+        if len(scale) != 2:
+            raise ValueError(f"scale must be a number or a pair, got {scale!r}")
+        long_edge, short_edge = max(scale), min(scale)
+        s = min(long_edge / max(h, w), short_edge / min(h, w))
+    if s <= 0:
+        raise ValueError(f"invalid scale factor {s} from scale {scale!r}")
+    return (max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))), s
+
+
+def _hw(image: torch.Tensor) -> tuple[int, int]:
+    return int(image.shape[-2]), int(image.shape[-1])
+
+
+def _prepare(image: torch.Tensor, target: Optional[Target]) -> tuple[tv_tensors.Image, Target]:
+    """Wraps the inputs as tv_tensors with the current canvas size and fills bookkeeping keys."""
+    target = dict(target) if target is not None else {}
+    h, w = _hw(image)
+    if not isinstance(image, tv_tensors.Image):
+        image = tv_tensors.Image(image)
+    boxes = target.get("boxes")
+    if boxes is None:
+        boxes = torch.zeros((0, 4), dtype=torch.float32)
+    n = int(boxes.shape[0])
+    if not isinstance(boxes, tv_tensors.BoundingBoxes) or tuple(boxes.canvas_size) != (h, w):
+        boxes = tv_tensors.BoundingBoxes(
+            torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).as_subclass(torch.Tensor),
+            format=tv_tensors.BoundingBoxFormat.XYXY,
+            canvas_size=(h, w),
+        )
+    target["boxes"] = boxes
+    masks = target.get("masks")
+    if masks is None:
+        masks = torch.zeros((n, h, w), dtype=torch.uint8)
+    if not isinstance(masks, tv_tensors.Mask):
+        masks = tv_tensors.Mask(masks)
+    if tuple(masks.shape[-2:]) != (h, w) or masks.shape[0] != n:
+        raise ValueError(f"masks of shape {tuple(masks.shape)} do not match {n} boxes on a {h}x{w} image")
+    target["masks"] = masks
+    if "labels" not in target:
+        target["labels"] = torch.zeros((n,), dtype=torch.int64)
+    if len(target["labels"]) != n:
+        raise ValueError(f"{len(target['labels'])} labels for {n} boxes")
+    target.setdefault("orig_size", (h, w))
+    target.setdefault("scale_factor", (1.0, 1.0))
+    target["img_size"] = (h, w)
+    return image, target
+
+
+def _select(target: Target, keep: torch.Tensor) -> Target:
+    """Keeps the instances where ``keep`` is True, in every per-instance key at once."""
+    for key in INSTANCE_KEYS:
+        if key in target and target[key] is not None:
+            value = target[key]
+            if isinstance(value, torch.Tensor):
+                target[key] = value[keep]
+            else:  # lists (e.g. ann ids kept as python lists)
+                idx = keep.nonzero().flatten().tolist()
+                target[key] = [value[i] for i in idx]
+    return target
+
+
+def to_float_image(image: torch.Tensor) -> torch.Tensor:
+    """uint8 (3,H,W) -> float32 in [0, 1] (divide by 255 exactly once); float input is returned as
+    float32 unchanged. Never normalises by mean/std: the model does that."""
+    image = image.as_subclass(torch.Tensor) if isinstance(image, tv_tensors.TVTensor) else image
+    if image.dtype == torch.uint8:
+        return image.to(torch.float32).div_(255.0)
+    if image.is_floating_point():
+        return image.to(torch.float32)
+    raise TypeError(f"unsupported image dtype {image.dtype}")
+
+
+def unwrap_target(target: Target) -> Target:
+    """Returns the target with plain tensors (tv_tensors unwrapped), ``boxes`` float32,
+    ``labels`` int64 and ``masks`` uint8, and the bookkeeping values as python tuples."""
+    out = dict(target)
+    for key, value in target.items():
+        if isinstance(value, tv_tensors.TVTensor):
+            out[key] = value.as_subclass(torch.Tensor)
+    if "boxes" in out:
+        out["boxes"] = out["boxes"].to(torch.float32).reshape(-1, 4)
+    if "labels" in out:
+        out["labels"] = out["labels"].to(torch.int64)
+    if "masks" in out:
+        out["masks"] = out["masks"].to(torch.uint8)
+    for key in ("orig_size", "img_size"):
+        if key in out:
+            out[key] = (int(out[key][0]), int(out[key][1]))
+    if "scale_factor" in out:
+        out["scale_factor"] = (float(out["scale_factor"][0]), float(out["scale_factor"][1]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# transforms
+# --------------------------------------------------------------------------------------------
+class Compose:
+    """Applies transforms in order."""
+
+    def __init__(self, transforms: Sequence[Transform]):
+        self.transforms = list(transforms)
+
+    def __call__(self, image: torch.Tensor, target: Optional[Target] = None):
+        image, target = _prepare(image, target)
+        for t in self.transforms:
+            image, target = t(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(t) for t in self.transforms)
+        return f"Compose([{inner}])"
+
+
+class Identity:
+    """No-op (records the bookkeeping keys only)."""
+
+    def __call__(self, image, target=None):
+        return _prepare(image, target)
+
+    def __repr__(self) -> str:
+        return "Identity()"
+
+
+def resize_to(image: torch.Tensor, target: Optional[Target], new_h: int, new_w: int):
+    """Resizes image (bilinear, no antialias), masks (nearest) and boxes (per-axis ratio, then
+    clipped) to exactly (new_h, new_w), updating ``img_size`` and the cumulative ``scale_factor``."""
+    image, target = _prepare(image, target)
+    h, w = _hw(image)
+    if (new_h, new_w) == (h, w):
+        return image, target
+    image = F.resize(image, [new_h, new_w], interpolation=InterpolationMode.BILINEAR, antialias=False)
+    boxes = F.resize(target["boxes"], [new_h, new_w])  # x * new_w / w, y * new_h / h
+    target["boxes"] = F.clamp_bounding_boxes(boxes)  # mmdet clip_object_border=True
+    masks = target["masks"]
+    if masks.shape[0] == 0:
+        target["masks"] = tv_tensors.Mask(torch.zeros((0, new_h, new_w), dtype=masks.dtype))
+    else:
+        target["masks"] = F.resize(masks, [new_h, new_w], interpolation=InterpolationMode.NEAREST)
+    sw, sh = target["scale_factor"]
+    target["scale_factor"] = (float(sw) * new_w / w, float(sh) * new_h / h)
+    target["img_size"] = (new_h, new_w)
+    return image, target
+
+
+class Resize:
+    """mmdet ``Resize``. With ``keep_ratio`` the image is rescaled so that it fits in ``scale``
+    (long side <= max(scale), short side <= min(scale)) with mmcv's rounding; without it the image
+    is resized to exactly ``scale`` = (w, h)."""
+
+    def __init__(self, scale: tuple[int, int] = (1333, 800), keep_ratio: bool = True):
+        if len(scale) != 2 or min(scale) <= 0:
+            raise ValueError(f"scale must be two positive numbers, got {scale!r}")
+        self.scale = (int(scale[0]), int(scale[1]))
+        self.keep_ratio = keep_ratio
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """(new_h, new_w) for an input of (h, w)."""
+        if self.keep_ratio:
+            (nw, nh), _ = rescale_size((w, h), self.scale)
+            return nh, nw
+        return self.scale[1], self.scale[0]
+
+    def __call__(self, image, target=None):
+        h, w = _hw(image)
+        nh, nw = self.output_size(h, w)
+        return resize_to(image, target, nh, nw)
+
+    def __repr__(self) -> str:
+        return f"Resize(scale={self.scale}, keep_ratio={self.keep_ratio})"
+
+
+class RandomChoiceResize:
+    """mmdet ``RandomChoiceResize``: picks one of ``scales`` uniformly, then :class:`Resize`."""
+
+    def __init__(self, scales: Sequence[tuple[int, int]], keep_ratio: bool = True):
+        if len(scales) == 0:
+            raise ValueError("RandomChoiceResize needs at least one scale")
+        self.resizes = [Resize(s, keep_ratio=keep_ratio) for s in scales]
+
+    def __call__(self, image, target=None):
+        idx = int(torch.randint(len(self.resizes), (1,)).item())
+        return self.resizes[idx](image, target)
+
+    def __repr__(self) -> str:
+        return f"RandomChoiceResize(scales={[r.scale for r in self.resizes]})"
+
+
+class RandomHorizontalFlip:
+    """Flips image, masks and boxes (x1' = W - x2, x2' = W - x1) with probability ``p``."""
+
+    def __init__(self, p: float = 0.5):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"flip probability must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def __call__(self, image, target=None):
+        image, target = _prepare(image, target)
+        if self.p > 0 and torch.rand(1).item() < self.p:
+            image, target = self.flip(image, target)
+        return image, target
+
+    @staticmethod
+    def flip(image, target=None):
+        """Deterministic horizontal flip."""
+        image, target = _prepare(image, target)
+        image = F.horizontal_flip(image)
+        target["boxes"] = F.horizontal_flip(target["boxes"])
+        target["masks"] = F.horizontal_flip(target["masks"])
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class RandomAbsoluteCrop:
+    """mmdet ``RandomCrop(crop_type='absolute_range')``.
+
+    Crop height is a uniform integer in [min(h, lo), min(h, hi)] and width in [min(w, lo),
+    min(w, hi)] with ``crop_size = (lo, hi)``; the offset is uniform over the valid positions.
+    Boxes are translated and clipped to the crop. An instance disappears (box, mask, label and any
+    other per-instance key together) when its clipped box is empty or its cropped mask has no
+    pixel left. ``recompute_bbox`` replaces the clipped boxes by the tight boxes of the cropped
+    masks (mmdet default: False).
+
+    If ``allow_negative_crop`` is False and an image with instances would lose all of them, mmdet
+    discards the sample; here the crop is redrawn up to ``max_tries`` times and, failing that, the
+    input is returned uncropped.
+    """
+
+    def __init__(
+        self,
+        crop_size: tuple[int, int] = (384, 600),
+        allow_negative_crop: bool = True,
+        recompute_bbox: bool = False,
+        max_tries: int = 10,
+    ):
+        lo, hi = int(crop_size[0]), int(crop_size[1])
+        if lo <= 0 or hi < lo:
+            raise ValueError(f"crop_size must be (lo, hi) with 0 < lo <= hi, got {crop_size!r}")
+        self.crop_size = (lo, hi)
+        self.allow_negative_crop = allow_negative_crop
+        self.recompute_bbox = recompute_bbox
+        self.max_tries = max(1, int(max_tries))
+
+    def sample_window(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """Draws (top, left, height, width) of a crop window."""
+        lo, hi = self.crop_size
+        ch = int(torch.randint(min(h, lo), min(h, hi) + 1, (1,)).item())
+        cw = int(torch.randint(min(w, lo), min(w, hi) + 1, (1,)).item())
+        top = int(torch.randint(0, max(h - ch, 0) + 1, (1,)).item())
+        left = int(torch.randint(0, max(w - cw, 0) + 1, (1,)).item())
+        return top, left, ch, cw
+
+    def __call__(self, image, target=None):
+        image, target = _prepare(image, target)
+        h, w = _hw(image)
+        n = len(target["labels"])
+        for _ in range(self.max_tries):
+            top, left, ch, cw = self.sample_window(h, w)
+            out_image, out_target = self.crop(image, target, top, left, ch, cw)
+            if self.allow_negative_crop or n == 0 or len(out_target["labels"]) > 0:
+                return out_image, out_target
+        return image, target
+
+    def crop(self, image, target, top: int, left: int, height: int, width: int):
+        """Deterministic crop of the window (top, left, height, width), which must lie inside
+        the image."""
+        image, target = _prepare(image, target)
+        target = dict(target)
+        h, w = _hw(image)
+        if top < 0 or left < 0 or top + height > h or left + width > w or height <= 0 or width <= 0:
+            raise ValueError(f"crop window {(top, left, height, width)} outside a {h}x{w} image")
+        image = F.crop(image, top, left, height, width)
+        boxes = F.crop(target["boxes"], top, left, height, width)  # translate + clip to the crop
+        masks = F.crop(target["masks"], top, left, height, width)
+        box_ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        mask_ok = (masks.as_subclass(torch.Tensor).flatten(1) != 0).any(dim=1)
+        keep = box_ok.as_subclass(torch.Tensor).bool() & mask_ok
+        target["boxes"], target["masks"] = boxes, masks
+        target = _select(target, keep)
+        if self.recompute_bbox and target["masks"].shape[0]:
+            target["boxes"] = tv_tensors.BoundingBoxes(
+                masks_to_boxes(target["masks"]), format="XYXY", canvas_size=(height, width)
+            )
+        target["img_size"] = (height, width)
+        return image, target
+
+    def __repr__(self) -> str:
+        return (
+            f"RandomAbsoluteCrop(crop_size={self.crop_size}, allow_negative_crop={self.allow_negative_crop}, "
+            f"recompute_bbox={self.recompute_bbox})"
+        )
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight pixel-edge boxes (x1, y1, x2 + 1, y2 + 1) of binary masks (N, H, W); empty masks
+    give (0, 0, 0, 0)."""
+    masks = masks.as_subclass(torch.Tensor) if isinstance(masks, tv_tensors.TVTensor) else masks
+    n = masks.shape[0]
+    out = torch.zeros((n, 4), dtype=torch.float32)
+    if n == 0:
+        return out
+    m = masks.bool()
+    rows, cols = m.any(dim=2), m.any(dim=1)  # (N, H), (N, W)
+    nonempty = rows.any(dim=1)
+    h, w = m.shape[-2:]
+    ar_h = torch.arange(h).expand(n, h)
+    ar_w = torch.arange(w).expand(n, w)
+    big = max(h, w) + 1
+    y1 = torch.where(rows, ar_h, big).amin(dim=1)
+    y2 = torch.where(rows, ar_h, -1).amax(dim=1) + 1
+    x1 = torch.where(cols, ar_w, big).amin(dim=1)
+    x2 = torch.where(cols, ar_w, -1).amax(dim=1) + 1
+    out[nonempty] = torch.stack([x1, y1, x2, y2], dim=1)[nonempty].float()
+    return out
+
+
+class RandomChoice:
+    """mmcv ``RandomChoice``: applies one of ``transforms`` (each a transform or a list of them,
+    composed in order), chosen with probabilities ``p`` (uniform by default)."""
+
+    def __init__(self, transforms: Sequence[Union[Transform, Sequence[Transform]]], p: Optional[Sequence[float]] = None):
+        if len(transforms) == 0:
+            raise ValueError("RandomChoice needs at least one option")
+        self.options: list[Transform] = [
+            Compose(t) if isinstance(t, (list, tuple)) else t for t in transforms  # type: ignore[arg-type]
+        ]
+        if p is not None:
+            if len(p) != len(self.options) or any(x < 0 for x in p) or sum(p) <= 0:
+                raise ValueError(f"invalid probabilities {p!r} for {len(self.options)} options")
+            self.p = torch.tensor([float(x) for x in p], dtype=torch.float64)
+        else:
+            self.p = None
+
+    def __call__(self, image, target=None):
+        if self.p is None:
+            idx = int(torch.randint(len(self.options), (1,)).item())
+        else:
+            idx = int(torch.multinomial(self.p, 1).item())
+        return self.options[idx](image, target)
+
+    def __repr__(self) -> str:
+        return f"RandomChoice({self.options!r}, p={None if self.p is None else self.p.tolist()})"
+
+
+# --------------------------------------------------------------------------------------------
+# presets
+# --------------------------------------------------------------------------------------------
+def build_train_transforms(
+    kind: str = "1x",
+    scale: tuple[int, int] = (1333, 800),
+    flip_prob: float = 0.5,
+    ms_scales: Optional[Sequence[tuple[int, int]]] = None,
+    crop_pre_scales: Optional[Sequence[tuple[int, int]]] = None,
+    crop_size: tuple[int, int] = (384, 600),
+    allow_negative_crop: bool = True,
+    crop_recompute_bbox: bool = False,
+) -> Compose:
+    """The training pipelines of mmdet's Swin Mask R-CNN configs.
+
+    * ``"1x"``: Resize(scale, keep_ratio) -> RandomFlip(flip_prob).
+    * ``"ms_crop_3x"``: RandomFlip(flip_prob) -> RandomChoice of
+      (a) RandomChoiceResize(ms_scales) or (b) RandomChoiceResize(crop_pre_scales) ->
+      RandomAbsoluteCrop(crop_size, allow_negative_crop) -> RandomChoiceResize(ms_scales).
+      Defaults: ms_scales = short side 480..800 step 32 with long side <= 1333,
+      crop_pre_scales = short side 400/500/600 with long side <= 1333 (``scale`` is not used).
+      As in mmdet, a cropped instance keeps its CLIPPED annotation box, which can be looser than
+      the cropped mask for non-convex objects; ``crop_recompute_bbox=True`` uses the tight box of
+      the cropped mask instead (mmdet's ``recompute_bbox``).
+    * ``"none"``: identity: no resize and no random augmentation (``flip_prob`` is ignored); the
+      images go to the model at their own size.
+    """
+    if kind == "1x":
+        return Compose([Resize(scale, keep_ratio=True), RandomHorizontalFlip(flip_prob)])
+    if kind == "ms_crop_3x":
+        ms = list(ms_scales) if ms_scales is not None else list(MMDET_MS_SCALES)
+        pre = list(crop_pre_scales) if crop_pre_scales is not None else list(MMDET_CROP_PRE_SCALES)
+        return Compose(
+            [
+                RandomHorizontalFlip(flip_prob),
+                RandomChoice(
+                    [
+                        [RandomChoiceResize(ms)],
+                        [
+                            RandomChoiceResize(pre),
+                            RandomAbsoluteCrop(
+                                crop_size, allow_negative_crop=allow_negative_crop, recompute_bbox=crop_recompute_bbox
+                            ),
+                            RandomChoiceResize(ms),
+                        ],
+                    ]
+                ),
+            ]
+        )
+    if kind == "none":
+        return Compose([])
+    raise ValueError(f"unknown train transform kind {kind!r}; expected '1x', 'ms_crop_3x' or 'none'")
+
+
+def build_test_transforms(scale: Optional[tuple[int, int]] = (1333, 800)) -> Compose:
+    """mmdet's test pipeline: Resize(scale, keep_ratio), no flip. ``scale=None``: no resize."""
+    if scale is None:
+        return Compose([])
+    return Compose([Resize(scale, keep_ratio=True)])
