@@ -1,0 +1,227 @@
+"""Command line: ``swin-maskrcnn {train,evaluate,...}``.
+
+    swin-maskrcnn train --config configs/swin_t_coco_1x.yaml data.train_ann=... [key=value ...]
+                        [--losses configs/losses/seed.yaml] [--resume runs/x/checkpoints/last.ckpt]
+    swin-maskrcnn evaluate --checkpoint runs/x/checkpoints/best.ckpt --ann val.json --images val/
+                           [--max-dets 1 10 100] [--out metrics.json]
+
+More subcommands plug in without editing this file: a module listed in
+:data:`OPTIONAL_SUBCOMMANDS` (``swin_maskrcnn.demo``, ``swin_maskrcnn.predict``) that exists is
+imported and its ``register_subcommand(subparsers)`` is called; it adds its parser with
+``set_defaults(func=handler)``, where ``handler(args) -> int`` returns the exit code.
+
+Library code logs through ``logging``; this module configures it (``--log-level``) and prints the
+final metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .train_config import ConfigError
+
+log = logging.getLogger("swin_maskrcnn.cli")
+
+#: modules that may add a subcommand via ``register_subcommand(subparsers)``
+OPTIONAL_SUBCOMMANDS = ("swin_maskrcnn.demo", "swin_maskrcnn.predict")
+
+
+# ------------------------------------------------------------------------------------------------
+# train
+# ------------------------------------------------------------------------------------------------
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML config",
+        description=(
+            "Train Swin Mask R-CNN. The config is a YAML file (see configs/); 'key.sub=value' arguments "
+            "override single values (value parsed as YAML, e.g. optim.lr=2e-4 data.scale=[1024,640]). "
+            "Unknown keys and out-of-range values are errors naming the key. The resolved config is saved "
+            "as config.yaml in the run folder (runtime.out_dir/runtime.run_name)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="training config YAML (e.g. configs/swin_t_coco_1x.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, applied last")
+    p.add_argument("--losses", metavar="YAML", default=None,
+                   help="loss preset merged over the config before the overrides (e.g. configs/losses/seed.yaml)")
+    p.add_argument("--layer", metavar="YAML", action="append", default=[],
+                   help="extra partial config merged over the config (repeatable, after --losses)")
+    p.add_argument("--resume", metavar="CKPT", default=None,
+                   help="Lightning checkpoint to resume (model, optimiser, schedule, step and data order)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train_config import dump_config, load_config
+
+    layers = ([args.losses] if args.losses else []) + list(args.layer)
+    cfg = load_config(args.config, args.overrides, layers=layers)
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    from .train import train
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    summary = train(cfg, resume=args.resume, name_hint=Path(args.config).stem)
+    if rank_zero_only.rank == 0:  # one summary, also under DDP (every rank runs this command)
+        print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate
+# ------------------------------------------------------------------------------------------------
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="COCO bbox + segm evaluation of a checkpoint",
+        description=(
+            "Evaluate a checkpoint (ours .pt, a Lightning .ckpt from 'train', or an mmdet .pth) on a COCO "
+            "annotation file with pycocotools' COCOeval. The checkpoint's category mapping must match the "
+            "annotation file's categories."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint file")
+    p.add_argument("--ann", required=True, help="COCO annotation json")
+    p.add_argument("--images", required=True, help="folder of the images named in the json")
+    p.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], metavar=("D1", "D2", "D3"),
+                   help="COCOeval maxDets; AP is reported at the largest")
+    p.add_argument("--out", default=None, help="write the metrics (incl. per-class AP) to this JSON file")
+    p.add_argument("--results", default=None, help="also write the COCO-format detections to this JSON file")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+                   help="test resize (default: the checkpoint's data.test_scale, else 1333 800)")
+    p.add_argument("--no-resize", action="store_true", help="feed images at their own size")
+    p.add_argument("--score-thr", type=float, default=None, help="override the model's score threshold")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint_io import load_checkpoint
+    from .data.coco import CocoInstanceDataset
+    from .data.transforms import build_test_transforms
+    from .evaluation import evaluate_model, save_results_json
+    from .train_config import _atomic_write_text
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_images is not None and args.max_images < 1:
+        raise ConfigError(f"--max-images must be >= 1, got {args.max_images}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = {} if args.score_thr is None else {"roi": {"score_thr": args.score_thr}}
+    model, cfg, meta = load_checkpoint(args.checkpoint, map_location=device, **overrides)
+
+    if args.no_resize:
+        scale = None
+    elif args.scale is not None:
+        scale = tuple(args.scale)
+    else:
+        train_cfg = meta.get("train_config") or {}
+        scale = tuple((train_cfg.get("data") or {}).get("test_scale") or (1333, 800))
+    dataset = CocoInstanceDataset(args.ann, args.images, transforms=build_test_transforms(scale))
+    if len(dataset.cat_ids) != cfg.num_classes:
+        raise ConfigError(
+            f"the checkpoint has {cfg.num_classes} classes but {args.ann} has {len(dataset.cat_ids)} categories"
+        )
+    mapping = meta.get("cat_id_to_label")
+    if mapping is not None and mapping != dataset.cat_id_to_label:
+        raise ConfigError(
+            f"the checkpoint's category ids {sorted(mapping)[:10]} differ from {args.ann}'s "
+            f"{dataset.cat_ids[:10]}: predictions would be mapped to the wrong categories"
+        )
+    if mapping is None:
+        log.warning("%s stores no category mapping: label i is taken as the i-th category of %s by id",
+                    args.checkpoint, args.ann)
+    metrics, results = evaluate_model(
+        model, dataset, batch_size=args.batch_size, max_images=args.max_images,
+        max_dets=tuple(args.max_dets), progress=not args.no_progress, score_thr=float(cfg.roi.score_thr),
+    )
+    metrics = {"checkpoint": str(args.checkpoint), "ann": str(args.ann), **metrics}
+    if args.out:
+        _atomic_write_text(Path(args.out), json.dumps(_json_ready(metrics), indent=1))
+        log.info("metrics written to %s", args.out)
+    if args.results:
+        save_results_json(results, args.results)
+    for t in ("bbox", "segm"):
+        if t in metrics:
+            m = metrics[t]
+            print(f"{t}: AP {m['AP']:.4f} AP50 {m['AP50']:.4f} AP75 {m['AP75']:.4f} "
+                  f"APs {m['APs']:.4f} APm {m['APm']:.4f} APl {m['APl']:.4f}")
+    print(f"images {metrics['num_images']}, predictions/image above score_thr {metrics['mean_num_predictions']:.2f}")
+    return 0
+
+
+def _json_ready(o: Any) -> Any:
+    import math
+
+    if isinstance(o, dict):
+        return {str(k): _json_ready(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_ready(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------------
+def _register_optional(sub: Any) -> None:
+    for name in OPTIONAL_SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        register: Optional[Callable[[Any], None]] = getattr(mod, "register_subcommand", None)
+        if register is None:
+            raise AttributeError(f"{name} is listed as a CLI subcommand module but has no register_subcommand()")
+        register(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="swin-maskrcnn",
+        description="Swin Transformer Mask R-CNN (mmdetection 3.3 semantics): train and evaluate.",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging level of the library and Lightning")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _register_optional(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:  # a user mistake in the config or the arguments: message, no traceback
+        print(f"swin-maskrcnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

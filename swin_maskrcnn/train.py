@@ -1,0 +1,452 @@
+"""``train(cfg)``: datasets, resumable data order, Lightning Trainer, checkpoints, logs, summary.
+
+Run layout (``runtime.out_dir/run_name``)::
+
+    config.yaml                 resolved config (config-resume-<time>.yaml when a resume changed it)
+    checkpoints/step_XXXXXXX.ckpt, last.ckpt, best.ckpt   Lightning checkpoints (carry our metadata)
+    model_final.pt              final weights in our own format (checkpoint_io)
+    tensorboard/version_N/      TensorBoard logs
+    csv/version_N/metrics.csv   the same scalars as CSV
+    val/step_XXXXXXX.json       every validation: all metrics incl. per-class AP
+
+Data order. Training is iteration based: Lightning runs ONE epoch of ``max_steps x
+accumulate_grad_batches`` batches, produced by :class:`RunBatchSampler`, which walks through
+data epochs internally. Data epoch ``e``'s batches are mmdet's aspect-ratio grouped batches of the
+permutation seeded by ``data.seed + e`` (``data.loader.AspectRatioGroupedBatchSampler``); rank ``r``
+of ``W`` takes batches ``r, r + W, ...``. Every sample's augmentation is seeded from
+(``data.seed``, epoch, index) (:class:`SeededSamples`), so it does not depend on workers or ranks.
+On resume the sampler starts at batch ``global_step x accumulate_grad_batches`` of that stream, so
+the resumed run sees exactly the batches, in the same order and with the same augmentations, as an
+uninterrupted one (with Lightning's ``fit(ckpt_path=...)`` restoring model, optimiser, scheduler,
+step and callbacks). Because the sampler shards across ranks itself, the Trainer runs with
+``use_distributed_sampler=False`` (Lightning's DistributedSampler injection would not know our
+batch sampler).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .checkpoint_io import AtomicCheckpointIO, read_checkpoint, save_checkpoint
+from .data.coco import CocoInstanceDataset
+from .data.loader import AspectRatioGroupedBatchSampler, collate
+from .data.transforms import build_test_transforms, build_train_transforms
+from .lightning_module import BestCheckpoint, DetectionModule, PeriodicEvaluation
+from .mmdet_checkpoint import load_state_dict_strict
+from .model import SwinMaskRCNN
+from .monitoring import CollapseDetector, ProbeMonitor
+from .train_config import ConfigError, TrainConfig, check_num_classes, dump_config, save_config
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "train",
+    "sample_seed",
+    "SeededSamples",
+    "RunBatchSampler",
+    "DetectionDataModule",
+    "build_datasets",
+    "init_weights_from",
+    "resolve_run_dir",
+    "RUN_DIR_ENV",
+]
+
+#: set by the launching process so DDP ranks started later write into the same run folder
+RUN_DIR_ENV = "SWIN_MASKRCNN_RUN_DIR"
+#: layers that depend on the class count; they keep their fresh init when fine-tuning to new classes
+CLASS_SPECIFIC_PREFIXES = (
+    "roi_head.bbox_head.fc_cls.",
+    "roi_head.bbox_head.fc_reg.",
+    "roi_head.mask_head.conv_logits.",
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# data order
+# ------------------------------------------------------------------------------------------------
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Augmentation seed of dataset ``index`` in data epoch ``epoch``."""
+    digest = hashlib.blake2b(f"sample:{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset whose transforms use torch's global CPU generator: item ``(index, seed)`` is
+    ``dataset[index]`` computed under ``seed``; the caller's RNG state is left untouched."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(int(seed))
+            return self.dataset[int(index)]
+
+
+class RunBatchSampler(Sampler[list[tuple[int, int]]]):
+    """All training batches of one rank for the whole run (see the module docstring).
+
+    ``len()`` is ``num_batches`` (the whole run); iteration starts at ``start_batch`` (resume).
+    Items are ``(dataset index, augmentation seed)`` pairs for :class:`SeededSamples`.
+    """
+
+    def __init__(
+        self,
+        aspect_ratios: Sequence[float],
+        batch_size: int,
+        num_batches: int,
+        seed: int = 0,
+        group_by_aspect_ratio: bool = True,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        self.aspect_ratios = [float(a) for a in aspect_ratios]
+        self.batch_size = int(batch_size)
+        self.num_batches = int(num_batches)
+        self.seed = int(seed)
+        self.group = bool(group_by_aspect_ratio)
+        self.shuffle = bool(shuffle)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.start_batch = int(start_batch)
+        total = len(self.epoch_batches(0))
+        self.batches_per_epoch = len(range(self.rank, total, self.world_size))
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.aspect_ratios)} training images make {total} batches of {batch_size}: "
+                f"not enough for {world_size} ranks"
+            )
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Every rank's batches of data epoch ``epoch`` (identical on all ranks)."""
+        if self.group:
+            s = AspectRatioGroupedBatchSampler(self.aspect_ratios, self.batch_size, shuffle=self.shuffle, seed=self.seed)
+            s.set_epoch(epoch)
+            return list(iter(s))
+        n = len(self.aspect_ratios)
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        return [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+
+    def position(self, batch: int) -> tuple[int, int]:
+        """(data epoch, batch within this rank's share of the epoch) of run batch ``batch``."""
+        return divmod(batch, self.batches_per_epoch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        produced = self.start_batch
+        epoch, offset = self.position(produced)
+        while produced < self.num_batches:
+            mine = self.epoch_batches(epoch)[self.rank::self.world_size]
+            for batch in mine[offset:]:
+                if produced >= self.num_batches:
+                    return
+                yield [(i, sample_seed(self.seed, epoch, i)) for i in batch]
+                produced += 1
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Builds the training loader when Lightning asks for it, i.e. after a checkpoint's step has
+    been restored and when the rank/world size are known."""
+
+    def __init__(self, cfg: TrainConfig, train_dataset: Dataset) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.train_dataset = train_dataset
+        self.sampler: Optional[RunBatchSampler] = None
+
+    def train_dataloader(self) -> DataLoader:
+        cfg, trainer = self.cfg, self.trainer
+        accum = cfg.optim.accumulate_grad_batches
+        start = int(trainer.global_step) * accum
+        self.sampler = RunBatchSampler(
+            self.train_dataset.aspect_ratios(),  # type: ignore[attr-defined]
+            batch_size=cfg.data.batch_size,
+            num_batches=cfg.optim.max_steps * accum,
+            seed=cfg.data.seed,
+            group_by_aspect_ratio=cfg.data.group_by_aspect_ratio,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            start_batch=start,
+        )
+        if trainer.lightning_module is not None:
+            trainer.lightning_module.batches_per_data_epoch = self.sampler.batches_per_epoch
+        if start:
+            epoch, offset = self.sampler.position(start)
+            log.info("resuming data order at run batch %d (data epoch %d, batch %d of %d)",
+                     start, epoch, offset, self.sampler.batches_per_epoch)
+        generator = torch.Generator()
+        generator.manual_seed(cfg.data.seed)
+        return DataLoader(
+            SeededSamples(self.train_dataset),
+            batch_sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            collate_fn=collate,
+            generator=generator,
+            pin_memory=torch.cuda.is_available() and cfg.runtime.accelerator in ("auto", "gpu", "cuda"),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"data_seed": self.cfg.data.seed, "num_images": len(self.train_dataset),  # type: ignore[arg-type]
+                "batch_size": self.cfg.data.batch_size}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        now = self.state_dict()
+        changed = {k: (state_dict.get(k), v) for k, v in now.items() if state_dict.get(k) != v}
+        if changed:
+            log.warning("resuming with a different data setup %s (checkpoint, now): the data order after "
+                        "the resume differs from the original run's", changed)
+
+
+# ------------------------------------------------------------------------------------------------
+# datasets, weights, run folder
+# ------------------------------------------------------------------------------------------------
+def build_datasets(cfg: TrainConfig) -> tuple[CocoInstanceDataset, Optional[CocoInstanceDataset]]:
+    """(train, val or None); checks num_classes and that val has the same categories."""
+    d = cfg.data
+    train_tf = build_train_transforms(
+        d.transforms, scale=tuple(d.scale), flip_prob=d.flip_prob,
+        ms_scales=None if d.ms_scales is None else [tuple(s) for s in d.ms_scales],
+        crop_pre_scales=None if d.crop_pre_scales is None else [tuple(s) for s in d.crop_pre_scales],
+        crop_size=tuple(d.crop_size),
+    )
+    train_ds = CocoInstanceDataset(d.train_ann, d.train_images, transforms=train_tf,
+                                   filter_empty_gt=d.filter_empty_gt, min_size=d.min_size)
+    check_num_classes(cfg, train_ds, "training")
+    if len(train_ds) == 0:
+        raise ConfigError(f"data.train_ann {d.train_ann}: no training image left after filtering "
+                          f"(filter_empty_gt={d.filter_empty_gt}, min_size={d.min_size})")
+    val_ds = None
+    if d.val_ann is not None:
+        test_tf = build_test_transforms(None if d.test_scale is None else tuple(d.test_scale))
+        val_ds = CocoInstanceDataset(d.val_ann, d.val_images, transforms=test_tf)
+        check_num_classes(cfg, val_ds, "validation")
+        if val_ds.cat_ids != train_ds.cat_ids:
+            raise ConfigError(f"data.val_ann {d.val_ann} has category ids {val_ds.cat_ids[:10]}... but "
+                              f"data.train_ann has {train_ds.cat_ids[:10]}...: the label mappings would differ")
+    return train_ds, val_ds
+
+
+def _probe_batch(cfg: TrainConfig, train_ds: CocoInstanceDataset, val_ds: Optional[CocoInstanceDataset]):
+    """First K validation images (else training images through the test pipeline) and their sizes."""
+    if val_ds is not None:
+        source = val_ds
+    else:
+        source = copy.copy(train_ds)
+        source.transforms = build_test_transforms(None if cfg.data.test_scale is None else tuple(cfg.data.test_scale))
+    k = min(cfg.runtime.probe_images, len(source))
+    images, sizes = [], []
+    for i in range(k):
+        img, tgt = source[i]
+        images.append(img)
+        sizes.append(tuple(int(v) for v in tgt["orig_size"]))
+    return images, sizes
+
+
+def init_weights_from(model: SwinMaskRCNN, path: str) -> list[str]:
+    """Load detector weights (mmdet / ours / Lightning). With a different class count, the
+    class-specific layers keep their init; every other key must match. Returns the skipped keys."""
+    sd, meta = read_checkpoint(path)
+    own = model.state_dict()
+    skipped = []
+    for k in list(sd):
+        if k.startswith(CLASS_SPECIFIC_PREFIXES) and k in own and tuple(sd[k].shape) != tuple(own[k].shape):
+            skipped.append(k)
+            sd[k] = own[k]
+    load_state_dict_strict(model, sd, source=str(path))
+    if skipped:
+        log.warning("init %s (%s): class count differs, kept fresh init for %s", path, meta["source"], skipped)
+    else:
+        log.info("init: loaded all weights from %s (%s)", path, meta["source"])
+    return skipped
+
+
+def resolve_run_dir(cfg: TrainConfig, resume: Optional[str] = None, name_hint: Optional[str] = None) -> Path:
+    """runtime.out_dir/run_name; a resume without run_name continues in the checkpoint's run."""
+    env = os.environ.get(RUN_DIR_ENV)
+    if env:
+        return Path(env)
+    if cfg.runtime.run_name:
+        return Path(cfg.runtime.out_dir) / cfg.runtime.run_name
+    if resume is not None:
+        p = Path(resume).resolve()
+        if p.parent.name == "checkpoints":
+            return p.parent.parent
+    stem = name_hint or cfg.model.variant
+    return Path(cfg.runtime.out_dir) / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _write_config(cfg: TrainConfig, run_dir: Path) -> Path:
+    """config.yaml; a resume whose config differs writes config-resume-<time>.yaml beside it."""
+    path = run_dir / "config.yaml"
+    if path.exists():
+        old = path.read_text(encoding="utf-8")
+        if old.split("\n", 1)[-1] == dump_config(cfg):
+            return path
+        path = run_dir / f"config-resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+    return save_config(cfg, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# train
+# ------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, resume: Optional[str] = None, name_hint: Optional[str] = None) -> dict[str, Any]:
+    """Train as configured; ``resume`` is a Lightning ``.ckpt`` of an earlier run of this config.
+
+    Returns a summary: ``run_dir``, ``last_checkpoint``, ``best_checkpoint`` (None without
+    validation), ``final_model`` (our format), ``global_step``, ``final_metrics`` (last validation,
+    ``val/*``, and last training figures, ``train/*``), ``collapse_alarm_steps``, ``wall_time_s``.
+    """
+    t0 = time.time()
+    run_dir = resolve_run_dir(cfg, resume, name_hint)
+    previous_env = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks that Lightning launches during fit inherit it
+    try:
+        return _train(cfg, resume, run_dir, t0)
+    finally:
+        if previous_env is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous_env
+
+
+def _train(cfg: TrainConfig, resume: Optional[str], run_dir: Path, t0: float) -> dict[str, Any]:
+    ckpt_dir = run_dir / "checkpoints"
+
+    L.seed_everything(cfg.runtime.seed, workers=True, verbose=False)
+    train_ds, val_ds = build_datasets(cfg)
+    model = SwinMaskRCNN(cfg.model)
+    if cfg.init.checkpoint and resume is None:
+        init_weights_from(model, cfg.init.checkpoint)
+    module = DetectionModule(cfg, train_ds.class_names, train_ds.cat_id_to_label, model=model)
+    datamodule = DetectionDataModule(cfg, train_ds)
+
+    rt = cfg.runtime
+    callbacks: list[L.Callback] = []
+    evaluation = None
+    if val_ds is not None:
+        evaluation = PeriodicEvaluation(
+            val_ds, every_n_steps=rt.val_every_n_steps, start_step=rt.val_start_step,
+            max_images=rt.max_val_images, max_dets=rt.val_max_dets, batch_size=cfg.data.val_batch_size,
+            out_dir=run_dir / "val",
+        )
+        callbacks.append(evaluation)
+    probe = None
+    if rt.probe_every_n_steps > 0:
+        images, sizes = _probe_batch(cfg, train_ds, val_ds)
+        detector = CollapseDetector.from_config(rt.collapse) if rt.collapse.enabled else None
+        probe = ProbeMonitor(images, sizes, rt.probe_every_n_steps, detector, batch_size=cfg.data.val_batch_size)
+        callbacks.append(probe)
+    periodic = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="step_{step:07d}", auto_insert_metric_name=False,
+        every_n_train_steps=rt.checkpoint_every_n_steps, save_top_k=-1, save_last="link",
+    )
+    callbacks.append(periodic)
+    best = None
+    if evaluation is not None:
+        best = BestCheckpoint(evaluation, dirpath=ckpt_dir, filename="best", auto_insert_metric_name=False,
+                              monitor="val/segm_AP", mode="max", save_top_k=1, enable_version_counter=False)
+        callbacks.append(best)
+    loggers = [TensorBoardLogger(save_dir=str(run_dir), name="tensorboard"), CSVLogger(save_dir=str(run_dir), name="csv")]
+
+    trainer = L.Trainer(
+        accelerator=rt.accelerator,
+        devices=rt.devices,
+        num_nodes=rt.num_nodes,
+        strategy=rt.strategy,
+        precision=rt.precision,
+        max_steps=cfg.optim.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
+        gradient_clip_val=cfg.model.losses.clip_grad_norm,
+        gradient_clip_algorithm="norm",
+        log_every_n_steps=rt.log_every_n_steps,
+        logger=loggers,
+        callbacks=callbacks,
+        enable_progress_bar=rt.progress_bar,
+        enable_checkpointing=True,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
+    )
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = _write_config(cfg, run_dir)
+        log.info("run folder %s (config %s)", run_dir, cfg_path)
+    with warnings.catch_warnings():
+        # We resume mid-"epoch" on purpose: the data order is restored by RunBatchSampler.
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+
+    last_path = ckpt_dir / "last.ckpt"
+    trainer.save_checkpoint(last_path, weights_only=False)
+    final_model = run_dir / "model_final.pt"
+    if trainer.is_global_zero:
+        save_checkpoint(final_model, module.model, cfg, train_ds.class_names, train_ds.cat_id_to_label,
+                        global_step=trainer.global_step)
+    final_metrics: dict[str, float] = dict(module.last_train_metrics)  # train/* of the last step
+    if evaluation is not None and evaluation.last_metrics is not None:
+        final_metrics.update({f"val/{k}": v for k, v in evaluation.last_metrics.items()})
+    best_path = None
+    best_score = None
+    if best is not None and best.best_model_path:
+        best_path = best.best_model_path
+        best_score = None if best.best_model_score is None else float(best.best_model_score)
+    summary = {
+        "run_dir": str(run_dir),
+        "last_checkpoint": str(last_path),
+        "best_checkpoint": best_path,
+        "best_segm_AP": best_score,
+        "final_model": str(final_model),
+        "global_step": int(trainer.global_step),
+        "final_metrics": final_metrics,
+        "collapse_alarm_steps": [] if probe is None else list(probe.alarm_steps),
+        "wall_time_s": time.time() - t0,
+    }
+    if trainer.is_global_zero:
+        log.info("%s", _summary_line(summary))
+    return summary
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _summary_line(s: dict[str, Any]) -> str:
+    m = s["final_metrics"]
+    alarms = s["collapse_alarm_steps"]
+    return (
+        f"finished {s['global_step']} steps in {s['wall_time_s'] / 60:.1f} min | loss {_fmt(m.get('train/loss'))} | "
+        f"val bbox AP {_fmt(m.get('val/bbox_AP'))} segm AP {_fmt(m.get('val/segm_AP'))} | "
+        f"best segm AP {_fmt(s['best_segm_AP'])} | collapse alarms {len(alarms)} | run {s['run_dir']}"
+    )

@@ -1,0 +1,91 @@
+"""The ``swin-maskrcnn`` command line: help of every subcommand, train then evaluate."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from swin_maskrcnn.cli import build_parser, main
+from swin_maskrcnn.train_config import save_config
+
+from test_training import make_tiny_coco, tiny_train_config
+
+
+def _help(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help(capsys):
+    out = _help(["--help"], capsys)
+    assert "train" in out and "evaluate" in out
+    out = _help(["train", "--help"], capsys)
+    for flag in ("--config", "--resume", "--losses", "--layer", "--print-config", "key=value"):
+        assert flag in out
+    out = _help(["evaluate", "--help"], capsys)
+    for flag in ("--checkpoint", "--ann", "--images", "--max-dets", "--out", "--results", "--batch-size",
+                 "--max-images", "--device", "--scale", "--no-resize", "--score-thr"):
+        assert flag in out
+
+
+def test_every_action_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+def test_print_config_and_config_errors(capsys):
+    repo = Path(__file__).resolve().parents[1]
+    cfg = repo / "configs" / "swin_t_coco_1x.yaml"
+    assert main(["train", "--config", str(cfg), "--losses", str(repo / "configs/losses/seed.yaml"),
+                 "optim.lr=3e-4", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 3e-4 and printed["model"]["losses"]["rpn_cls_pos_weight"] == 5.0
+    assert main(["train", "--config", str(cfg), "optim.lrr=1", "--print-config"]) == 2
+    assert "optim.lrr" in capsys.readouterr().err
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    ann, imgs = make_tiny_coco(tmp_path / "data", n_images=4)
+    cfg = tiny_train_config(ann, imgs, tmp_path / "runs", "cli", max_steps=2, val_every_n_steps=2,
+                            checkpoint_every_n_steps=1, probe_every_n_steps=1)
+    cfg_path = save_config(cfg, tmp_path / "tiny.yaml")
+    assert main(["--log-level", "WARNING", "train", "--config", str(cfg_path), "data.seed=1"]) == 0
+    out_text = capsys.readouterr().out
+    summary = json.loads(out_text[out_text.index("{\n"):])
+    assert summary["global_step"] == 2
+    run = Path(summary["run_dir"])
+    assert (run / "checkpoints" / "step_0000001.ckpt").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["seed"] == 1
+
+    out = tmp_path / "metrics.json"
+    res = tmp_path / "results.json"
+    for ckpt in (summary["last_checkpoint"], summary["final_model"]):
+        assert main(["evaluate", "--checkpoint", ckpt, "--ann", str(ann), "--images", str(imgs),
+                     "--out", str(out), "--results", str(res), "--max-dets", "1", "10", "20",
+                     "--batch-size", "2", "--no-progress", "--device", "cpu"]) == 0
+        printed = capsys.readouterr().out
+        assert "bbox: AP" in printed and "segm: AP" in printed
+        metrics = json.loads(out.read_text())
+        for t in ("bbox", "segm"):
+            assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR@20", "per_class_AP"} <= set(metrics[t])
+            assert set(metrics[t]["per_class_AP"]) == {"rect", "ellipse"}
+        assert metrics["num_images"] == 4
+        assert isinstance(json.loads(res.read_text()), list)
+
+    # a json whose categories differ from the checkpoint's is refused with both numbers
+    other = json.loads(Path(ann).read_text())
+    other["categories"].append({"id": 9, "name": "extra"})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(other))
+    assert main(["evaluate", "--checkpoint", summary["final_model"], "--ann", str(bad), "--images", str(imgs),
+                 "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "2 classes" in err and "3 categories" in err

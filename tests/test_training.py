@@ -1,0 +1,349 @@
+"""End-to-end training on a tiny synthetic COCO dataset (CPU), exact resume, data order, checkpoint
+format, and the collapse alarm's decision rule."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from swin_maskrcnn.checkpoint_io import load_checkpoint, read_checkpoint, save_checkpoint
+from swin_maskrcnn.config import tiny_model_config
+from swin_maskrcnn.evaluation import evaluate_model
+from swin_maskrcnn.monitoring import CollapseDetector
+from swin_maskrcnn.optim import lr_factor
+from swin_maskrcnn.train import RunBatchSampler, SeededSamples, sample_seed, train
+from swin_maskrcnn.train_config import TrainConfig, config_from_dict
+
+STEPS = 50
+RESUME_FROM = 45
+
+
+# ------------------------------------------------------------------------------------------------
+# synthetic data
+# ------------------------------------------------------------------------------------------------
+def make_tiny_coco(root: Path, n_images: int = 6, seed: int = 0) -> tuple[Path, Path]:
+    """``n_images`` PNGs (128x128, 128x112 landscape, 112x128 portrait) of noise with 1-3 filled
+    rectangles (category id 3) and ellipses (category id 7), polygon masks; returns (json, folder)."""
+    root = Path(root)
+    img_dir = root / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    cats = [{"id": 3, "name": "rect"}, {"id": 7, "name": "ellipse"}]
+    sizes = [(128, 128), (128, 112), (112, 128)]  # (w, h)
+    images, anns = [], []
+    aid = 1
+    for i in range(n_images):
+        w, h = sizes[i % len(sizes)]
+        arr = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            bw, bh = int(rng.integers(24, 56)), int(rng.integers(24, 56))
+            x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            kind = int(rng.integers(0, 2))
+            if kind == 0:
+                arr[y0:y0 + bh, x0:x0 + bw] = (220, 60, 60)
+                poly = [x0, y0, x0 + bw, y0, x0 + bw, y0 + bh, x0, y0 + bh]
+            else:
+                cx, cy, rx, ry = x0 + bw / 2, y0 + bh / 2, bw / 2, bh / 2
+                yy, xx = np.mgrid[0:h, 0:w]
+                arr[((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1] = (60, 220, 60)
+                t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+                poly = np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1).reshape(-1).round(2).tolist()
+            anns.append({"id": aid, "image_id": i + 1, "category_id": cats[kind]["id"], "bbox": [x0, y0, bw, bh],
+                         "area": float(bw * bh), "iscrowd": 0, "segmentation": [poly]})
+            aid += 1
+        name = f"img_{i:03d}.png"
+        Image.fromarray(arr).save(img_dir / name)
+        images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
+    ann = root / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return ann, img_dir
+
+
+def tiny_train_config(ann: Path, imgs: Path, out_dir: Path, run_name: str, max_steps: int = STEPS, **runtime) -> TrainConfig:
+    """Tiny model (narrow heads), small samplers, CPU, everything logged every step."""
+    model = tiny_model_config(
+        num_classes=2,
+        fpn_channels=32,
+        roi_fc_dims=128,
+        mask_head_channels=16,
+        rpn=dict(nms_pre_train=300, max_per_img_train=100, nms_pre_test=200, max_per_img_test=100),
+        roi=dict(num_samples=64, max_per_img=20),
+    ).model_dump(mode="json")
+    rt = dict(accelerator="cpu", devices=1, val_every_n_steps=25, checkpoint_every_n_steps=15, log_every_n_steps=1,
+              probe_every_n_steps=10, probe_images=2, out_dir=str(out_dir), run_name=run_name, progress_bar=False,
+              collapse=dict(grace_steps=0, loss_window=5), seed=0)
+    rt.update(runtime)
+    return config_from_dict({
+        "model": model,
+        "data": dict(train_ann=str(ann), train_images=str(imgs), val_ann=str(ann), val_images=str(imgs),
+                     transforms="1x", scale=[128, 128], test_scale=[128, 128], batch_size=2, num_workers=0, min_size=0),
+        "optim": dict(lr=2e-4, warmup_iters=5, milestones=[30] if max_steps > 30 else [], max_steps=max_steps),
+        "runtime": rt,
+    })
+
+
+def read_metrics_csv(run_dir: Path) -> list[dict[str, str]]:
+    files = sorted(Path(run_dir).glob("csv/version_*/metrics.csv"))
+    assert files, f"no metrics.csv under {run_dir}"
+    with open(files[-1], newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def losses_by_step(rows: list[dict[str, str]], key: str = "train/loss") -> dict[int, float]:
+    return {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
+
+
+# ------------------------------------------------------------------------------------------------
+# the end-to-end run (shared by several tests)
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_coco(tmp_path_factory.mktemp("coco"))
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_data, tmp_path_factory):
+    ann, imgs = tiny_data
+    out = tmp_path_factory.mktemp("runs")
+    cfg = tiny_train_config(ann, imgs, out, "full")
+    summary = train(cfg)
+    return cfg, summary
+
+
+def test_training_writes_checkpoints_logs_and_summary(full_run):
+    cfg, s = full_run
+    run = Path(s["run_dir"])
+    assert s["global_step"] == STEPS
+    for name in ("step_0000015.ckpt", "step_0000030.ckpt", "step_0000045.ckpt", "last.ckpt", "best.ckpt"):
+        assert (run / "checkpoints" / name).is_file(), name
+    assert Path(s["last_checkpoint"]).is_file() and Path(s["best_checkpoint"]).is_file()
+    assert Path(s["final_model"]).is_file()
+    assert (run / "config.yaml").is_file()
+    assert list(run.glob("tensorboard/version_*/events.out.tfevents.*"))
+    assert sorted(p.name for p in (run / "val").glob("*.json")) == ["step_0000025.json", "step_0000050.json"]
+
+    rows = read_metrics_csv(run)
+    keys = set().union(*(r.keys() for r in rows))
+    for k in ("train/loss", "train/loss_rpn_cls", "train/loss_rpn_bbox", "train/loss_cls", "train/loss_bbox",
+              "train/loss_mask", "train/share_loss_mask", "train/lr", "train/grad_norm", "train/acc", "train/acc_fg",
+              "train/rpn_num_pos", "train/roi_num_pos", "val/segm_AP", "val/bbox_AP", "val/preds_per_image",
+              "monitor/probe_preds_per_image", "monitor/collapse_alarm"):
+        assert k in keys, k
+    loss = losses_by_step(rows)
+    assert sorted(loss) == list(range(1, STEPS + 1))  # one row per optimizer step, steps counted from 1
+    assert all(np.isfinite(v) for v in loss.values())
+    # the logged lr of step k is the schedule's value for 0-based step k - 1
+    lrs = losses_by_step(rows, "train/lr")
+    for k in (1, 3, 5, 6, 30, 31, 50):
+        assert lrs[k] == pytest.approx(cfg.optim.lr * lr_factor(k - 1, cfg.optim), rel=1e-5), k
+    # shares of the total sum to 1
+    r = next(r for r in rows if r.get("train/loss"))
+    shares = sum(float(r[k]) for k in r if k.startswith("train/share_") and r[k])
+    assert shares == pytest.approx(1.0, rel=1e-4)
+    # validation rows at steps 25 and 50
+    val_steps = sorted(int(r["step"]) for r in rows if r.get("val/segm_AP"))
+    assert val_steps == [25, 50]
+    fm = s["final_metrics"]
+    assert "val/segm_AP" in fm and "train/loss" in fm
+
+
+def test_resume_reproduces_the_uninterrupted_run(full_run, tiny_data, tmp_path):
+    cfg, s = full_run
+    ann, imgs = tiny_data
+    ckpt = Path(s["run_dir"]) / "checkpoints" / f"step_{RESUME_FROM:07d}.ckpt"
+    cfg2 = tiny_train_config(ann, imgs, tmp_path, "resumed")
+    s2 = train(cfg2, resume=str(ckpt))
+    assert s2["global_step"] == STEPS
+    assert (Path(s2["run_dir"]) / "config.yaml").is_file()
+    full = losses_by_step(read_metrics_csv(Path(s["run_dir"])))
+    resumed = losses_by_step(read_metrics_csv(Path(s2["run_dir"])))
+    assert sorted(resumed) == list(range(RESUME_FROM + 1, STEPS + 1))
+    # the very next step, and every later one, equals the uninterrupted run
+    for k in range(RESUME_FROM + 1, STEPS + 1):
+        assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-7), (k, resumed[k], full[k])
+    a = torch.load(s["final_model"], weights_only=True)["state_dict"]
+    b = torch.load(s2["final_model"], weights_only=True)["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_checkpoints_load_and_evaluate(full_run, tiny_data):
+    cfg, s = full_run
+    ann, imgs = tiny_data
+    model, mcfg, meta = load_checkpoint(s["best_checkpoint"])
+    assert meta["source"] == "lightning"
+    assert meta["class_names"] == ["rect", "ellipse"]
+    assert meta["cat_id_to_label"] == {3: 0, 7: 1} and meta["label_to_cat_id"] == {0: 3, 1: 7}
+    assert TrainConfig.model_validate(meta["train_config"]) == cfg
+    assert mcfg == cfg.model
+    native, _, nmeta = load_checkpoint(s["final_model"])
+    assert nmeta["source"] == "native" and nmeta["global_step"] == STEPS
+
+    from swin_maskrcnn.data import CocoInstanceDataset, build_test_transforms
+
+    ds = CocoInstanceDataset(ann, imgs, transforms=build_test_transforms((128, 128)))
+    metrics, results = evaluate_model(native, ds, batch_size=2, progress=False)
+    for t in ("bbox", "segm"):
+        for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            assert k in metrics[t]
+    assert metrics["num_images"] == len(ds)
+
+
+def test_init_from_checkpoint_with_another_class_count(full_run):
+    from swin_maskrcnn.config import ModelConfig
+    from swin_maskrcnn.model import SwinMaskRCNN
+    from swin_maskrcnn.train import init_weights_from
+
+    cfg, s = full_run
+    src = torch.load(s["final_model"], weights_only=True)["state_dict"]
+    m3 = SwinMaskRCNN(ModelConfig.model_validate({**cfg.model.model_dump(mode="json"), "num_classes": 3}))
+    skipped = init_weights_from(m3, s["final_model"])
+    assert sorted(skipped) == sorted(
+        f"roi_head.{h}.{p}" for h in ("bbox_head.fc_cls", "bbox_head.fc_reg", "mask_head.conv_logits") for p in ("weight", "bias")
+    )
+    for k, v in m3.state_dict().items():
+        if k not in skipped:
+            assert torch.equal(v, src[k]), k
+    same = SwinMaskRCNN(cfg.model)
+    assert init_weights_from(same, s["last_checkpoint"]) == []  # Lightning .ckpt, every key
+    for k, v in same.state_dict().items():
+        assert torch.equal(v, src[k]), k
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    m = torch.nn.Linear(2, 2)
+    cfg = tiny_model_config(num_classes=2)
+    from swin_maskrcnn.model import SwinMaskRCNN
+
+    model = SwinMaskRCNN(cfg)
+    path = save_checkpoint(tmp_path / "m.pt", model, cfg, ["a", "b"], {1: 0, 5: 1})
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, m, cfg, ["a", "b"], {1: 0, 5: 1})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
+    sd, meta = read_checkpoint(path)
+    assert meta["cat_id_to_label"] == {1: 0, 5: 1} and meta["class_names"] == ["a", "b"]
+
+
+# ------------------------------------------------------------------------------------------------
+# data order
+# ------------------------------------------------------------------------------------------------
+def _stream(**kw) -> list[list[tuple[int, int]]]:
+    return list(RunBatchSampler(**kw))
+
+
+def test_run_sampler_resume_is_the_tail_of_the_stream():
+    ars = [1.0, 1.5, 0.7, 1.2, 0.5, 1.0, 2.0, 0.8, 1.1]
+    full = _stream(aspect_ratios=ars, batch_size=2, num_batches=23, seed=3)
+    assert len(full) == 23
+    for start in (0, 1, 5, 6, 17, 22):
+        tail = _stream(aspect_ratios=ars, batch_size=2, num_batches=23, seed=3, start_batch=start)
+        assert tail == full[start:]
+    s = RunBatchSampler(ars, 2, 23, seed=3)
+    assert len(s) == 23
+    # data epochs: each covers every index exactly once and in a different order
+    per = s.batches_per_epoch
+    e0 = [i for b in full[:per] for i, _ in b]
+    e1 = [i for b in full[per:2 * per] for i, _ in b]
+    assert sorted(e0) == sorted(e1) == list(range(len(ars)))
+    assert e0 != e1
+    # orientation-homogeneous batches
+    for b in full:
+        assert len({ars[i] >= 1.0 for i, _ in b}) == 1
+    # augmentation seeds depend on (seed, epoch, index) only
+    assert full[0][0][1] == sample_seed(3, 0, full[0][0][0])
+
+
+def test_run_sampler_shards_ranks():
+    ars = [1.0] * 7 + [0.5] * 4
+    world = 3
+    per_rank = [_stream(aspect_ratios=ars, batch_size=2, num_batches=4, seed=1, rank=r, world_size=world) for r in range(world)]
+    epoch0 = RunBatchSampler(ars, 2, 4, seed=1).epoch_batches(0)
+    for r in range(world):
+        expected = epoch0[r::world]
+        assert [[i for i, _ in b] for b in per_rank[r][:len(expected)]] == expected
+    seen = [i for r in range(world) for b in per_rank[r][:len(epoch0[r::world])] for i, _ in b]
+    assert sorted(seen) == list(range(len(ars)))
+
+
+def test_seeded_samples_are_deterministic_and_leave_rng_alone():
+    class RandomItems(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(3)
+
+    ds = SeededSamples(RandomItems())
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = ds[(2, 99)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(ds[(2, 99)], a) and not torch.equal(ds[(2, 98)], a)
+
+
+# ------------------------------------------------------------------------------------------------
+# collapse alarm decision rule (synthetic sequences)
+# ------------------------------------------------------------------------------------------------
+def _feed(det: CollapseDetector, losses, acc_fg: Optional[float] = 50.0, pos: float = 10.0) -> None:
+    for v in losses:
+        det.record(float(v), acc_fg, pos)
+
+
+def test_alarm_on_falling_loss_and_zero_predictions():
+    det = CollapseDetector(loss_window=10, min_preds_per_image=0.1, grace_steps=0, patience=1)
+    _feed(det, np.linspace(2.0, 0.5, 40))
+    v = det.check(step=40, preds_per_image=0.0)
+    assert v.alarm and v.loss_falling and v.preds_collapsed
+    assert "COLLAPSE ALARM" in v.message(40)
+
+
+def test_no_alarm_on_falling_loss_and_healthy_predictions():
+    det = CollapseDetector(loss_window=10, grace_steps=0, patience=1)
+    _feed(det, np.linspace(2.0, 0.5, 40), acc_fg=60.0)
+    v = det.check(step=40, preds_per_image=12.0)
+    assert not v.alarm and v.loss_falling and not v.preds_collapsed and not v.fg_collapsed
+
+
+def test_no_alarm_on_rising_loss():
+    det = CollapseDetector(loss_window=10, grace_steps=0, patience=1)
+    _feed(det, np.linspace(0.5, 2.0, 40), acc_fg=0.0)
+    v = det.check(step=40, preds_per_image=0.0)
+    assert not v.alarm and not v.loss_falling
+
+
+def test_alarm_on_foreground_accuracy_collapse():
+    det = CollapseDetector(loss_window=10, min_fg_acc=5.0, grace_steps=0, patience=1)
+    _feed(det, np.linspace(2.0, 0.5, 40), acc_fg=1.0, pos=20.0)
+    v = det.check(step=40, preds_per_image=8.0)
+    assert v.alarm and v.fg_collapsed and not v.preds_collapsed
+    # no positives sampled: accuracy says nothing
+    det2 = CollapseDetector(loss_window=10, grace_steps=0, patience=1)
+    _feed(det2, np.linspace(2.0, 0.5, 40), acc_fg=0.0, pos=0.0)
+    assert not det2.check(step=40, preds_per_image=8.0).alarm
+
+
+def test_alarm_grace_patience_and_history():
+    det = CollapseDetector(loss_window=5, grace_steps=100, patience=2)
+    _feed(det, np.linspace(2.0, 1.0, 9))
+    assert not det.check(step=200, preds_per_image=0.0).alarm  # fewer than 2 windows of losses
+    _feed(det, [0.9])
+    assert not det.check(step=50, preds_per_image=0.0).alarm  # within grace
+    assert not det.check(step=200, preds_per_image=0.0).alarm  # first of two required probes
+    _feed(det, [0.8, 0.7])
+    assert det.check(step=300, preds_per_image=0.0).alarm
+    assert not det.check(step=400, preds_per_image=5.0).alarm  # recovered: streak resets
