@@ -13,7 +13,7 @@ from torchvision.ops import batched_nms
 
 from .box_coder import DeltaXYWHBBoxCoder
 from .config import LossConfig
-from .losses import box_regression_loss, softmax_ce
+from .losses import box_regression_loss, sigmoid_focal, softmax_ce
 
 
 class BBoxHead(nn.Module):
@@ -55,11 +55,21 @@ class BBoxHead(nn.Module):
         avg_factor). ``loss_bbox``: L1 (or smooth-L1) on the GT class's 4 deltas of positive RoIs,
         divided by the number of sampled RoIs (mmdet) or, with ``roi_bbox_avg_factor='positives'``,
         by the number of positives. With no positive the loss is a zero that stays in the graph.
+        ``roi_cls_loss='sigmoid_focal'`` trains the C foreground columns as independent sigmoids with a
+        focal loss (same weights and avg_factor); ``class_scores`` then reads them as sigmoids.
         """
         lc = self.loss_cfg
         n = labels.shape[0]
         avg = max(float((label_weights > 0).sum().item()), 1.0)
-        loss_cls = softmax_ce(cls_score, labels, label_weights, "mean", avg, lc.eps)
+        if lc.roi_cls_loss == "sigmoid_focal":
+            # Per-class sigmoid on the C foreground columns; background RoIs have all-zero targets.
+            onehot = F.one_hot(labels, self.num_classes + 1)[:, : self.num_classes].float()
+            loss_cls = sigmoid_focal(
+                cls_score[:, : self.num_classes], onehot, label_weights[:, None], lc.focal_alpha, lc.focal_gamma,
+                "mean", avg, lc.eps,
+            )
+        else:
+            loss_cls = softmax_ce(cls_score, labels, label_weights, "mean", avg, lc.eps)
         pos = (labels >= 0) & (labels < self.num_classes)
         num_pos = int(pos.sum())
         if num_pos:
@@ -71,12 +81,19 @@ class BBoxHead(nn.Module):
         else:
             loss_bbox = bbox_pred[pos].sum()
         with torch.no_grad():
-            pred_labels = cls_score.argmax(dim=1)
+            pred_labels = self.class_scores(cls_score).argmax(dim=1)
             correct = pred_labels == labels
             acc = correct.float().mean() * 100 if n else cls_score.new_zeros(())
             acc_fg = correct[pos].float().mean() * 100 if num_pos else cls_score.new_zeros(())
         losses = {"loss_cls": loss_cls * lc.roi_loss_cls_weight, "loss_bbox": loss_bbox * lc.roi_loss_bbox_weight}
         return losses, {"acc": acc.detach(), "acc_fg": acc_fg.detach()}
+
+    def class_scores(self, cls_score: Tensor) -> Tensor:
+        """Per-class probabilities (K, C+1): softmax (mmdet) or sigmoids for the focal variant."""
+        if self.loss_cfg.roi_cls_loss == "sigmoid_focal":
+            fg = cls_score[:, : self.num_classes].float().sigmoid()
+            return torch.cat([fg, 1 - fg.max(dim=1, keepdim=True).values], dim=1)
+        return F.softmax(cls_score.float(), dim=-1)
 
     @torch.no_grad()
     def predict(
@@ -95,7 +112,7 @@ class BBoxHead(nn.Module):
         enters a per-class NMS at ``nms_iou``; the best ``max_per_img`` are kept (mmdet multiclass_nms).
         """
         c = self.num_classes
-        scores = F.softmax(cls_score.float(), dim=-1)
+        scores = self.class_scores(cls_score)
         k = rois.shape[0]
         boxes = self.coder.decode(
             rois[:, 1:5].repeat_interleave(c, dim=0), bbox_pred.reshape(-1, 4), max_shape=img_shape

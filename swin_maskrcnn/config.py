@@ -53,6 +53,24 @@ class LossConfig(StrictModel):
     clip_grad_norm: Optional[float] = Field(
         None, gt=0, description="max global gradient norm for training (mmdet: none)"
     )
+    # Options beyond mmdet's recipe (off by default; measured in docs/loss_ablation.md).
+    rpn_cls_loss: Literal["bce", "focal"] = Field(
+        "bce", description="RPN objectness loss on the sampled anchors: sigmoid BCE (mmdet) or sigmoid focal"
+    )
+    roi_cls_loss: Literal["softmax_ce", "sigmoid_focal"] = Field(
+        "softmax_ce",
+        description="RoI classification: softmax CE over C+1 (mmdet) or per-class sigmoid focal (background = all zeros)",
+    )
+    focal_alpha: float = Field(0.25, ge=0, le=1, description="focal loss alpha (weight of the positive term)")
+    focal_gamma: float = Field(2.0, ge=0, description="focal loss gamma (down-weights easy samples)")
+    roi_sampler: Literal["random", "ohem"] = Field(
+        "random", description="RoI sampling: random (mmdet) or OHEM (hardest positives/negatives by current loss)"
+    )
+    dynamic_loss_weighting: bool = Field(
+        False,
+        description="learned uncertainty weights per loss component (Kendall et al. 2018): "
+        "L = sum_i exp(-s_i) * w_i * L_i + s_i with learned s_i",
+    )
 
 
 class RPNConfig(StrictModel):

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import sigmoid_focal_loss
 
 Reduction = Literal["none", "sum", "mean"]
 
@@ -77,6 +78,23 @@ def box_regression_loss(
         loss = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
     else:
         raise ValueError(f"unknown box loss {kind!r}; expected 'l1' or 'smooth_l1'")
+    if weight is not None:
+        loss = loss * weight
+    return reduce_loss(loss, reduction, avg_factor, eps)
+
+
+def sigmoid_focal(
+    logits: Tensor,
+    targets: Tensor,
+    weight: Optional[Tensor] = None,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: Reduction = "mean",
+    avg_factor: Optional[float] = None,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Sigmoid focal loss (Lin et al. 2017) per element, via ``torchvision.ops.sigmoid_focal_loss``."""
+    loss = sigmoid_focal_loss(logits.float(), targets.float(), alpha=alpha, gamma=gamma, reduction="none")
     if weight is not None:
         loss = loss * weight
     return reduce_loss(loss, reduction, avg_factor, eps)

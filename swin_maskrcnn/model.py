@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .fpn import FPN
+from .loss_weighting import UncertaintyWeighting
 from .preprocess import ImageLike, normalize_and_pad, rescale_size, resize_image, to_chw_255
 from .roi_head import RoIHead
 from .rpn import RPNHead
@@ -44,6 +45,7 @@ class SwinMaskRCNN(nn.Module):
         self.neck = FPN(cfg.stage_channels(), cfg.fpn_channels)
         self.rpn_head = RPNHead(cfg.fpn_channels, cfg.rpn, cfg.losses, sample_choice)
         self.roi_head = RoIHead(cfg, sample_choice)
+        self.loss_balancer = UncertaintyWeighting() if cfg.losses.dynamic_loss_weighting else None
 
     @property
     def num_classes(self) -> int:
@@ -84,6 +86,9 @@ class SwinMaskRCNN(nn.Module):
         proposals = self.rpn_head.proposals(cls, reg, anchors, shapes, training=True)
         roi_losses, roi_stats = self.roi_head.loss(feats[:4], proposals, targets)
         out: LossDict = {**rpn_losses, **roi_losses}
+        if self.loss_balancer is not None:
+            out, weights = self.loss_balancer(out)
+            roi_stats.update(weights)
         out.update({k: v.detach().to(batch.device) for k, v in {**rpn_stats, **roi_stats}.items()})
         return out
 

@@ -1,7 +1,8 @@
 """RoI stage (mmdet StandardRoIHead): sample proposals, train box and mask heads, or detect.
 
 Training per image: assign the proposals to the GT (0.5 / 0.5 / 0.5, low-quality matches), then
-prepend the GT boxes as proposals assigned to themselves, sample 512 at 0.25, and build labels
+prepend the GT boxes as proposals assigned to themselves, sample 512 at 0.25 (randomly, or the
+hardest by current loss with ``roi_sampler='ohem'``), and build labels
 (background = C), per-RoI class weights and box targets. The mask head trains on the positive RoIs.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .assigner import MaxIoUAssigner
@@ -35,8 +37,12 @@ class RoIHead(nn.Module):
         self.sampler = RandomSampler(cfg.roi.num_samples, cfg.roi.pos_fraction, choice)
         self.loss_cfg = cfg.losses
 
-    def sample(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[Tensor, SamplingResult]:
-        """Candidates (GT first when ``add_gt_as_proposals``) and the sampling result over them."""
+    def candidates(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Assigned candidates: boxes, ``gt_inds`` (-1/0/k) and labels, GT prepended when configured.
+
+        As mmdet: the proposals are assigned first, then the GT boxes are prepended, each assigned to
+        itself (so every GT is a positive candidate).
+        """
         boxes = proposals[:, :4]
         assign = self.assigner.assign(boxes, gt_boxes, gt_labels)
         gt_inds, labels = assign.gt_inds, assign.labels
@@ -45,7 +51,35 @@ class RoIHead(nn.Module):
             boxes = torch.cat([gt_boxes.to(boxes.dtype), boxes], dim=0)
             gt_inds = torch.cat([torch.arange(1, g + 1, device=boxes.device), gt_inds])
             labels = torch.cat([gt_labels.long().to(boxes.device), labels])
+        return boxes, gt_inds, labels
+
+    def sample(
+        self,
+        proposals: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        feats: Optional[list[Tensor]] = None,
+        image_index: int = 0,
+    ) -> tuple[Tensor, SamplingResult]:
+        """Candidates and the sampling result over them (random, or OHEM when configured)."""
+        boxes, gt_inds, labels = self.candidates(proposals, gt_boxes, gt_labels)
+        if self.loss_cfg.roi_sampler == "ohem":
+            if feats is None:
+                raise ValueError("OHEM sampling needs the feature maps")
+            hardness = self.hardness(feats, image_index, boxes, labels)
+            sampler = RandomSampler(
+                self.sampler.num, self.sampler.pos_fraction, lambda g, n: g[hardness[g].topk(n).indices]
+            )
+            return boxes, sampler.sample(gt_inds, labels)
         return boxes, self.sampler.sample(gt_inds, labels)
+
+    @torch.no_grad()
+    def hardness(self, feats: list[Tensor], image_index: int, boxes: Tensor, labels: Tensor) -> Tensor:
+        """OHEM score of every candidate: its current classification loss (mmdet OHEMSampler)."""
+        target = torch.where(labels >= 0, labels, torch.full_like(labels, self.num_classes))
+        rois = torch.cat([boxes.new_full((boxes.shape[0], 1), float(image_index)), boxes], dim=1)
+        cls_score, _ = self.bbox_head(self.bbox_roi_extractor(feats, rois))
+        return F.cross_entropy(cls_score.float(), target, reduction="none")
 
     def loss(
         self, feats: list[Tensor], proposals: list[Tensor], targets: list[dict[str, Tensor]]
@@ -56,10 +90,10 @@ class RoIHead(nn.Module):
         sampled_boxes, pos_boxes, labels_l, weights_l, box_t_l = [], [], [], [], []
         mask_t_l, mask_labels_l = [], []
         num_pos = num_neg = 0
-        for props, tgt in zip(proposals, targets):
-            gt_boxes = tgt["boxes"].float()
-            gt_labels = tgt["labels"].long()
-            boxes, samp = self.sample(props, gt_boxes, gt_labels)
+        for img, (props, tgt) in enumerate(zip(proposals, targets)):
+            gt_boxes = tgt["boxes"].float().to(props.device)
+            gt_labels = tgt["labels"].long().to(props.device)
+            boxes, samp = self.sample(props, gt_boxes, gt_labels, feats, img)
             pos_b = boxes[samp.pos_inds]
             neg_b = boxes[samp.neg_inds]
             p, n = samp.num_pos, samp.num_neg

@@ -17,7 +17,7 @@ from .anchors import AnchorGenerator
 from .assigner import MaxIoUAssigner
 from .box_coder import DeltaXYWHBBoxCoder
 from .config import LossConfig, RPNConfig
-from .losses import box_regression_loss, sigmoid_bce
+from .losses import box_regression_loss, sigmoid_bce, sigmoid_focal
 from .sampler import ChoiceFn, RandomSampler
 
 
@@ -74,7 +74,8 @@ class RPNHead(nn.Module):
         negatives target 0 and weight 1, everything else weight 0. Both losses are summed and
         divided by ``avg_factor`` = sum over images of max(#pos, 1) + max(#neg, 1), i.e. the sampled
         count: the positive weight changes the numerator only, never the avg_factor (mmdet's
-        ``pos_weight``).
+        ``pos_weight``). ``rpn_cls_loss='focal'`` swaps the BCE for a sigmoid focal loss on the same
+        samples, weights and avg_factor.
         """
         lc = self.loss_cfg
         flat = [flatten_level(c, r) for c, r in zip(cls, reg)]
@@ -112,7 +113,12 @@ class RPNHead(nn.Module):
             num_neg += samp.num_neg
         target = torch.stack(labels_t)
         weight = torch.stack(weights_t)
-        loss_cls = sigmoid_bce(cls_flat, target, weight, "mean", avg_factor, lc.eps)
+        if lc.rpn_cls_loss == "focal":
+            loss_cls = sigmoid_focal(
+                cls_flat, target, weight, lc.focal_alpha, lc.focal_gamma, "mean", avg_factor, lc.eps
+            )
+        else:
+            loss_cls = sigmoid_bce(cls_flat, target, weight, "mean", avg_factor, lc.eps)
         loss_bbox = box_regression_loss(
             reg_flat, torch.stack(box_t), torch.stack(box_w), lc.bbox_loss, lc.smooth_l1_beta, "mean", avg_factor, lc.eps
         )

@@ -148,7 +148,7 @@ class OptimConfig(StrictModel):
     eps: float = Field(1e-8, gt=0, le=1e-2, description="AdamW only")
     weight_decay: float = Field(0.05, ge=0, le=1)
     no_decay_keys: list[str] = Field(
-        default_factory=lambda: ["absolute_pos_embed", "relative_position_bias_table", "norm"],
+        default_factory=lambda: ["absolute_pos_embed", "relative_position_bias_table", "norm", "loss_balancer"],
         description="a parameter whose full name CONTAINS any of these gets weight_decay 0 (mmdet custom_keys)",
     )
     warmup_iters: int = Field(1000, ge=0)
