@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .fpn import FPN
 from .loss_weighting import UncertaintyWeighting
-from .preprocess import ImageLike, normalize_and_pad, rescale_size, resize_image, to_chw_255
+from .data.transforms import Resize
+from .preprocess import ImageLike, normalize_and_pad, to_chw_255
 from .roi_head import RoIHead
 from .rpn import RPNHead
 from .sampler import ChoiceFn
@@ -122,7 +123,8 @@ class SwinMaskRCNN(nn.Module):
             originals = [to_chw_255(im).to(device) for im in images]
             sizes = [(int(im.shape[1]), int(im.shape[2])) for im in originals]
             if resize:
-                inputs = [resize_image(im, rescale_size(h, w, scale)) for im, (h, w) in zip(originals, sizes)]
+                op = Resize(scale, keep_ratio=True)
+                inputs = [op(im.round().clamp(0, 255).to(torch.uint8))[0].as_subclass(torch.Tensor).float() for im in originals]
             else:
                 inputs = originals
             return self._detect(inputs, sizes)

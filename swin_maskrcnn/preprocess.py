@@ -1,5 +1,6 @@
-"""Image preprocessing shared by training and inference: mmdet's test-time resize, normalisation
-and batching (pad bottom/right with zeros AFTER normalisation, to a multiple of 32).
+"""Image preprocessing inside the model: input conversion, mmdet's normalisation and batching
+(pad bottom/right with zeros AFTER normalisation, to a multiple of 32). Resizing is a data transform
+(``data.transforms.Resize``), also used by ``SwinMaskRCNN.predict``.
 """
 from __future__ import annotations
 
@@ -7,30 +8,9 @@ from typing import Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 ImageLike = Union[np.ndarray, Tensor]
-
-
-def rescale_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
-    """mmcv ``rescale_size`` for a keep-ratio resize: long side <= max(scale), short <= min(scale).
-
-    factor = min(max_long / long, max_short / short); new size = int(x * factor + 0.5).
-    """
-    long_max, short_max = max(scale), min(scale)
-    factor = min(long_max / max(h, w), short_max / min(h, w))
-    return int(h * factor + 0.5), int(w * factor + 0.5)
-
-
-def resize_image(img: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of a (3, H, W) 0..255 float image to ``size``, rounded to 8-bit values.
-
-    Half-pixel-centre bilinear without antialiasing is OpenCV's INTER_LINEAR (mmdet's resize);
-    OpenCV's fixed-point arithmetic can still differ by one grey level.
-    """
-    out = F.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False, antialias=False)[0]
-    return out.round().clamp(0, 255)
 
 
 def to_chw_255(image: ImageLike) -> Tensor:
