@@ -46,6 +46,7 @@ from .data.loader import AspectRatioGroupedBatchSampler, collate
 from .data.transforms import build_test_transforms, build_train_transforms
 from .lightning_module import BestCheckpoint, DetectionModule, PeriodicEvaluation
 from .mmdet_checkpoint import load_state_dict_strict
+from .backbone_weights import load_imagenet_backbone
 from .model import SwinMaskRCNN
 from .monitoring import CollapseDetector, ProbeMonitor
 from .train_config import ConfigError, TrainConfig, check_num_classes, dump_config, save_config
@@ -344,6 +345,8 @@ def _train(cfg: TrainConfig, resume: Optional[str], run_dir: Path, t0: float) ->
     L.seed_everything(cfg.runtime.seed, workers=True, verbose=False)
     train_ds, val_ds = build_datasets(cfg)
     model = SwinMaskRCNN(cfg.model)
+    if cfg.init.backbone_checkpoint and resume is None:
+        load_imagenet_backbone(model.backbone, cfg.init.backbone_checkpoint)
     if cfg.init.checkpoint and resume is None:
         init_weights_from(model, cfg.init.checkpoint)
     module = DetectionModule(cfg, train_ds.class_names, train_ds.cat_id_to_label, model=model)

@@ -240,6 +240,15 @@ class RuntimeConfig(StrictModel):
 class InitConfig(StrictModel):
     """Weights to start training from (the optimiser and schedule still start at step 0)."""
 
+    backbone_checkpoint: Optional[str] = Field(
+        None,
+        description=(
+            "ImageNet Swin weights for the backbone, as mmdet's recipes start: an original-repo file "
+            "(swin_tiny_patch4_window7_224.pth, {'model': ...}) or a torchvision swin_t/s/b state_dict; "
+            "renamed and patch-merging-permuted on load (swin_maskrcnn.backbone_weights)"
+        ),
+    )
+
     checkpoint: Optional[str] = Field(
         None,
         description=(
