@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DetectionModule", "PeriodicEvaluation", "BestCheckpoint", "step_seed", "log_to_loggers"]
 
-_STAT_KEYS = ("acc", "acc_fg", "rpn_num_pos", "rpn_num_neg", "roi_num_pos", "roi_num_neg")
 _PROG_BAR = {"train/loss", "train/lr", "train/acc_fg"}
 
 
@@ -116,9 +115,9 @@ class DetectionModule(L.LightningModule):
             v = v.detach().float()
             metrics[f"train/{k}"] = v
             metrics[f"train/share_{k}"] = v / total_d.clamp_min(1e-12)
-        for k in _STAT_KEYS:
-            if k in out:
-                metrics[f"train/{k}"] = torch.as_tensor(out[k]).detach().float()
+        for k, v in out.items():  # the model's detached statistics (acc, counts, weight_* when learned)
+            if not k.startswith("loss_"):
+                metrics[f"train/{k}"] = torch.as_tensor(v).detach().float()
         metrics["train/lr"] = torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
         if self.batches_per_data_epoch:
             metrics["train/data_epoch"] = torch.tensor((batch_idx + 1) / self.batches_per_data_epoch)
