@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -32,6 +31,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 
+from .atomic_io import atomic_write
 from .config import ModelConfig
 from .mmdet_checkpoint import CheckpointError, class_names_from_meta, infer_model_config, load_state_dict_strict
 
@@ -60,20 +60,7 @@ PathLike = Union[str, os.PathLike]
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     """``torch.save`` to a temporary file in the target folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def build_meta(

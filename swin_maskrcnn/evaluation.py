@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -30,6 +28,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from .atomic_io import atomic_write
 from .data.coco import stdout_to_log
 from .data.loader import collate
 
@@ -313,19 +312,4 @@ def evaluate_model(
 
 def save_results_json(results: Sequence[dict], path: Union[str, Path]) -> Path:
     """Writes ``results`` as json atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(list(results), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda f: json.dump(list(results), f))

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from .atomic_io import atomic_write
 from .config import ModelConfig, StrictModel
 
 log = logging.getLogger(__name__)
@@ -433,18 +432,7 @@ def dump_config(cfg: TrainConfig) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(text))
 
 
 def save_config(cfg: TrainConfig, path: Union[str, Path]) -> Path:

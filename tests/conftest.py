@@ -14,6 +14,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 torch.set_num_threads(int(os.environ.get("SWIN_MASKRCNN_TEST_THREADS", "2")))
 
 
+COCO128 = SHARED_DATA / "coco128_seg"
+NUCLEI = SHARED_DATA / "dsb2018_nuclei"
+needs_coco128 = pytest.mark.skipif(not COCO128.is_dir(), reason=f"coco128_seg not found under {SHARED_DATA}")
+needs_nuclei = pytest.mark.skipif(not NUCLEI.is_dir(), reason=f"dsb2018_nuclei not found under {SHARED_DATA}")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -22,11 +22,7 @@ from swin_maskrcnn.data import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COCO128 = DATA / "coco128_seg"
-NUCLEI = DATA / "dsb2018_nuclei"
-needs_coco128 = pytest.mark.skipif(not COCO128.is_dir(), reason=f"coco128_seg not found under {DATA}")
-needs_nuclei = pytest.mark.skipif(not NUCLEI.is_dir(), reason=f"dsb2018_nuclei not found under {DATA}")
+from conftest import COCO128, NUCLEI, needs_coco128, needs_nuclei
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,11 +24,7 @@ from swin_maskrcnn.evaluation import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COCO128 = DATA / "coco128_seg"
-NUCLEI = DATA / "dsb2018_nuclei"
-needs_coco128 = pytest.mark.skipif(not COCO128.is_dir(), reason=f"coco128_seg not found under {DATA}")
-needs_nuclei = pytest.mark.skipif(not NUCLEI.is_dir(), reason=f"dsb2018_nuclei not found under {DATA}")
+from conftest import COCO128, NUCLEI, needs_coco128, needs_nuclei
 
 
 def gt_as_predictions(ds: CocoInstanceDataset, indices) -> tuple[list[dict], list[int]]:

@@ -19,8 +19,6 @@ from torchvision.ops import box_iou
 
 from swin_maskrcnn import SwinMaskRCNN, load_model
 from swin_maskrcnn.data.transforms import rescale_size
-from swin_maskrcnn.rpn import flatten_level
-from swin_maskrcnn.roi_extractor import boxes_to_rois
 from swin_maskrcnn.sampler import even_choice
 
 from conftest import FIXTURES
