@@ -53,9 +53,12 @@ class MaxIoUAssigner:
         pos = max_overlaps >= self.pos_iou_thr
         gt_inds[pos] = argmax_overlaps[pos] + 1
         if self.match_low_quality:
-            for i in range(num_gts):
-                if gt_max_overlaps[i] >= self.min_pos_iou:
-                    gt_inds[overlaps[i] == gt_max_overlaps[i]] = i + 1
+            # For GT i in order, every candidate tied at i's best IoU goes to i; later GTs overwrite
+            # earlier ones, so each candidate takes the LAST such GT (vectorised form of mmdet's loop).
+            tied = (overlaps == gt_max_overlaps[:, None]) & (gt_max_overlaps[:, None] >= self.min_pos_iou)
+            order = torch.arange(1, num_gts + 1, device=overlaps.device)[:, None]
+            last = (tied * order).max(dim=0).values
+            gt_inds = torch.where(last > 0, last, gt_inds)
         labels = gt_inds.new_full((n,), -1)
         pos_idx = gt_inds > 0
         labels[pos_idx] = gt_labels[gt_inds[pos_idx] - 1].long()

@@ -272,3 +272,15 @@ def test_empty_gt_image_samples_only_negatives():
     props = t([[300 + i, 300, 340 + i, 340] for i in range(20)])
     boxes, res = head.sample(props, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert boxes.shape[0] == 20 and res.num_pos == 0 and res.neg_inds.tolist() == list(range(20))
+
+
+def test_low_quality_tie_between_gts_goes_to_the_later_gt():
+    """mmdet loops over GTs in order and overwrites: a candidate that is the best match of two GTs
+    ends up with the later one, even when its IoU with the earlier GT is higher."""
+    from swin_maskrcnn.assigner import MaxIoUAssigner
+
+    overlaps = torch.tensor([[0.45, 0.10, 0.00], [0.40, 0.20, 0.35]])  # (G=2, N=3)
+    res = MaxIoUAssigner(0.7, 0.3, 0.3).assign_from_overlaps(overlaps, torch.tensor([4, 7]))
+    # candidate 0: best of GT0 (0.45) and of GT1 (0.40) -> GT1 (index 2); candidate 2: ignored (0.35 in [0.3, 0.7))
+    assert res.gt_inds.tolist() == [2, 0, -1]
+    assert res.labels.tolist() == [7, -1, -1]
