@@ -47,7 +47,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_demo", "default_config_path", "register_subcommand", "demo_line", "draw_overlay", "plot_curves"]
+__all__ = ["run_demo", "default_config_path", "default_threads", "register_subcommand", "demo_line", "draw_overlay", "plot_curves"]
 
 #: the demo recipe's file name; searched next to the package (installed) and in the repository
 CONFIG_NAME = "demo.yaml"
@@ -65,6 +65,24 @@ def default_config_path() -> Path:
         if cand.is_file():
             return cand
     raise FileNotFoundError(f"{CONFIG_NAME} not found in {here / 'configs'} or {here.parent / 'configs'}")
+
+
+def default_threads() -> int:
+    """torch threads for the demo: every CPU of this process when the machine is otherwise idle,
+    half of them when it is busy.
+
+    PyTorch's OpenMP threads spin while they wait for each other. On an idle 2-core machine two
+    threads make a step ~1.4x faster than one; when other processes compete for the cores the
+    spinning threads lose their time slices and a step gets several times SLOWER than with one
+    thread (measured up to ~10x with three other 2-thread jobs on 2 cores). ``OMP_WAIT_POLICY=
+    PASSIVE`` avoids the collapse but was slower than one thread both idle and busy. The decision
+    uses the 1-minute load average at start-up; ``--threads`` overrides it."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return cpus
+    return cpus if load < 0.5 * cpus else max(1, cpus // 2)
 
 
 def demo_line(box_ap: float, mask_ap: float) -> str:
@@ -392,7 +410,7 @@ def run_demo(
     ``steps`` overrides the recipe's ``optim.max_steps`` (warmup scaled with it);
     ``train_images`` / ``val_images`` / ``image_size`` / ``overlay_images`` override the recipe's
     ``demo:`` section, ``overrides`` are ``dotted.key=value`` strings applied to the training
-    config last. ``threads``: torch intra-op threads (default: the CPUs this process may use).
+    config last. ``threads``: torch intra-op threads (default: :func:`default_threads`).
     ``minutes_budget`` is not a time limit (the step count is fixed, for reproducibility): a run
     that takes longer logs a warning and reports ``within_budget: False``.
 
@@ -411,7 +429,7 @@ def run_demo(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = default_threads()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
     try:
@@ -503,7 +521,8 @@ def register_subcommand(sub: Any) -> None:
     p.add_argument("--train-images", type=int, default=None, help="synthetic training images (default: recipe)")
     p.add_argument("--val-images", type=int, default=None, help="held-out images (default: recipe)")
     p.add_argument("--image-size", type=int, default=None, help="square image side in pixels (default: recipe)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all CPUs of this process)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: all CPUs when the machine is idle, half of them when it is busy)")
     p.add_argument("--budget-minutes", type=float, default=15.0, help="warn when the demo takes longer (not a limit)")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bar on stderr")
@@ -512,30 +531,7 @@ def register_subcommand(sub: Any) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
-def _reexec_with_passive_openmp() -> None:
-    """Re-run this command with ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a policy.
-
-    OpenMP's default spin-waiting makes PyTorch's CPU ops many times slower as soon as anything
-    else competes for the cores (measured ~10x on a busy 2-core machine); the policy is read once,
-    when torch loads, so it has to be in the environment before the process starts."""
-    if os.environ.get("OMP_WAIT_POLICY") or os.environ.get("SWIN_MASKRCNN_NO_REEXEC"):
-        return
-    if not sys.argv or not sys.argv[0]:
-        return
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", SWIN_MASKRCNN_NO_REEXEC="1")
-    argv = [sys.executable, "-m", "swin_maskrcnn.cli", *sys.argv[1:]]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execve(sys.executable, argv, env)
-    except OSError as e:  # pragma: no cover - keep going with the default policy
-        log.debug("could not re-exec with OMP_WAIT_POLICY=PASSIVE: %s", e)
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    launcher = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    if launcher == "swin-maskrcnn" or sys.argv[0].endswith(os.path.join("swin_maskrcnn", "cli.py")):
-        _reexec_with_passive_openmp()  # only for a real command line (never inside pytest or a library call)
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     # stdout carries only the final line: Lightning's progress bar and any stray print go to stderr
     with contextlib.redirect_stdout(sys.stderr):

@@ -21,8 +21,7 @@ TINY = ["--steps", "2", "--train-images", "6", "--val-images", "3", "--image-siz
         "runtime.max_val_images=2", "model.rpn.max_per_img_test=50", "model.roi.max_per_img=20"]
 
 
-def test_demo_cli_smoke(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("SWIN_MASKRCNN_NO_REEXEC", "1")
+def test_demo_cli_smoke(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli_main(["demo", "--out", str(out), "--no-progress", *TINY]) == 0
     stdout = capsys.readouterr().out
@@ -74,3 +73,22 @@ def test_plot_curves_without_validation_rows(tmp_path):
     rows = [{"step": float(s), "train/loss": 3.0 / s, "train/loss_mask": 1.0 / s} for s in range(1, 12)]
     path = demo_mod.plot_curves(rows, tmp_path / "c.png", final=(0.5, 0.4, 11))
     assert path.is_file()
+
+
+@pytest.mark.parametrize("load, cpus, expected", [(0.0, 2, 2), (0.9, 2, 2), (1.0, 2, 1), (3.5, 2, 1),
+                                                  (1.9, 4, 4), (2.0, 4, 2), (5.0, 1, 1)])
+def test_default_threads_follows_load(monkeypatch, load, cpus, expected):
+    # idle machine (1-min load < half the CPUs): all CPUs; busy: half of them, never fewer than one
+    monkeypatch.setattr(demo_mod.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(demo_mod.os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert demo_mod.default_threads() == expected
+
+
+def test_default_threads_without_load_average(monkeypatch):
+    monkeypatch.setattr(demo_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+
+    def no_load():
+        raise OSError("no load average on this platform")
+
+    monkeypatch.setattr(demo_mod.os, "getloadavg", no_load)
+    assert demo_mod.default_threads() == 3
