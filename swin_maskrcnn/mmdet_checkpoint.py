@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-from .config import SWIN_VARIANTS, ModelConfig
+from .config import SWIN_VARIANTS, LossConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ def _strip_prefix(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def infer_model_config(state_dict: Mapping[str, Tensor], **overrides: Any) -> ModelConfig:
-    """Rebuild the ``ModelConfig`` of an mmdet-layout state_dict from its tensor shapes."""
+    """Rebuild the ``ModelConfig`` of an mmdet-layout state_dict from its tensor shapes.
+
+    Losses are mmdet's (:meth:`LossConfig.mmdet`), not the library's from-scratch defaults."""
     sd = state_dict
     try:
         embed = sd["backbone.patch_embed.projection.weight"].shape[0]
@@ -74,6 +76,9 @@ def infer_model_config(state_dict: Mapping[str, Tensor], **overrides: Any) -> Mo
     )
     if variant == "custom":
         kwargs.update(embed_dims=embed, depths=depths, num_heads=heads)
+    # an mmdet checkpoint fine-tunes with mmdet's losses; a ``losses`` dict override is applied on top of them
+    losses = overrides.pop("losses", None)
+    kwargs["losses"] = losses if isinstance(losses, LossConfig) else LossConfig.mmdet(**(losses or {}))
     kwargs.update(overrides)
     cfg = ModelConfig(**kwargs)
     expected_anchors = len(cfg.rpn.anchor_scales) * len(cfg.rpn.anchor_ratios)

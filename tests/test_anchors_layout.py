@@ -74,7 +74,7 @@ def plant_position(level: int) -> tuple[int, int]:
 
 
 def make_head(**rpn_overrides) -> RPNHead:
-    loss_cfg = rpn_overrides.pop("loss_cfg", LossConfig())
+    loss_cfg = rpn_overrides.pop("loss_cfg", LossConfig.mmdet())
     return RPNHead(8, RPNConfig(**rpn_overrides), loss_cfg, choice=even_choice)
 
 
@@ -288,7 +288,7 @@ def flat_index_to_position(i: int) -> tuple[int, int, int, int]:
 @pytest.mark.parametrize("level,a", [(0, 0), (1, 2), (2, 1), (3, 0), (4, 2)])
 def test_rpn_loss_targets_land_on_planted_anchor(level, a):
     beta = 1000.0
-    head = make_head(loss_cfg=LossConfig(bbox_loss="smooth_l1", smooth_l1_beta=beta))
+    head = make_head(loss_cfg=LossConfig.mmdet(bbox_loss="smooth_l1", smooth_l1_beta=beta))
     cls, reg = zero_maps(requires_grad=True)
     y, x = plant_position(level)
     gt = perturbed_gt(level, a, y, x)

@@ -120,7 +120,7 @@ GTS = [
 
 
 def rpn_head(**loss_kw) -> RPNHead:
-    cfg = tiny_model_config(losses=LossConfig(**loss_kw))
+    cfg = tiny_model_config(losses=LossConfig.mmdet(**loss_kw))
     return RPNHead(cfg.fpn_channels, cfg.rpn, cfg.losses, choice=even_choice)
 
 
@@ -271,7 +271,7 @@ C = 3
 
 
 def bbox_head(**loss_kw) -> BBoxHead:
-    return BBoxHead(4, 2, 16, C, LossConfig(**loss_kw))
+    return BBoxHead(4, 2, 16, C, LossConfig.mmdet(**loss_kw))
 
 
 def roi_inputs(seed=0):
@@ -357,7 +357,7 @@ def test_roi_component_weights_scale_linearly():
 
 # ------------------------------------------------------------------------------------- mask (B4)
 def mask_head(**loss_kw) -> MaskHead:
-    return MaskHead(4, 4, C, LossConfig(**loss_kw), num_convs=1)
+    return MaskHead(4, 4, C, LossConfig.mmdet(**loss_kw), num_convs=1)
 
 
 def test_mask_loss_zero_logits_is_ln2_not_784_ln2():
@@ -402,7 +402,7 @@ IMG = 128
 
 def roi_head(**loss_kw) -> RoIHead:
     torch.manual_seed(0)
-    head = RoIHead(tiny_model_config(num_classes=C, losses=LossConfig(**loss_kw)), choice=even_choice)
+    head = RoIHead(tiny_model_config(num_classes=C, losses=LossConfig.mmdet(**loss_kw)), choice=even_choice)
     with torch.no_grad():
         head.bbox_head.fc_cls.weight.zero_()
         head.bbox_head.fc_cls.bias.copy_(torch.tensor([0.5, -1.0, 2.0, 0.25]))

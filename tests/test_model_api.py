@@ -83,6 +83,21 @@ def test_load_infers_swin_s_and_custom_widths(tmp_path):
     assert cfg.fpn_channels == tiny.fpn_channels and cfg.roi_fc_dims == tiny.roi_fc_dims
 
 
+def test_mmdet_checkpoint_trains_with_mmdet_losses(tmp_path):
+    # the library's loss defaults are the from-scratch preset; an mmdet checkpoint keeps mmdet's losses
+    from swin_maskrcnn.config import LossConfig
+
+    path, _ = _mmdet_style_checkpoint(tmp_path, tiny_model_config(num_classes=2), name="t.pth")
+    lo = load_model(path).cfg.losses
+    assert (lo.rpn_cls_pos_weight, lo.roi_cls_pos_weight, lo.clip_grad_norm) == (1.0, 1.0, None)
+    assert lo == LossConfig.mmdet()
+    # a dict override is applied on top of mmdet's losses, not on top of the preset
+    lo = load_model(path, losses={"roi_cls_pos_weight": 2.0}).cfg.losses
+    assert (lo.rpn_cls_pos_weight, lo.roi_cls_pos_weight, lo.clip_grad_norm) == (1.0, 2.0, None)
+    explicit = LossConfig(rpn_cls_pos_weight=4.0)
+    assert load_model(path, losses=explicit).cfg.losses == explicit
+
+
 def test_unplaceable_or_missing_keys_are_errors_listing_them(tmp_path):
     cfg = tiny_model_config(num_classes=2)
     path, model = _mmdet_style_checkpoint(tmp_path, cfg)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from swin_maskrcnn.config import tiny_model_config
+from swin_maskrcnn.config import LossConfig, tiny_model_config
 from swin_maskrcnn.train_config import (
     ConfigError,
     TrainConfig,
@@ -72,6 +72,25 @@ def test_3x_configs():
     s = load_config(CONFIGS / "swin_s_coco_3x.yaml")
     assert s.model.variant == "swin_s" and s.model.drop_path_rate == 0.2
     assert s.optim.milestones == t.optim.milestones and s.data.transforms == "ms_crop_3x"
+
+
+def test_coco_recipes_pin_mmdet_losses():
+    # the COCO recipes reproduce mmdet, so they pin its losses over the library's preset defaults
+    for name in ("swin_t_coco_1x.yaml", "swin_t_coco_3x.yaml", "swin_s_coco_3x.yaml"):
+        assert load_config(CONFIGS / name).model.losses == LossConfig.mmdet(), name
+
+
+def test_loss_defaults_are_the_seed_preset_and_mmdet_layer_restores_mmdet():
+    # LossConfig() == the design's preset file; configs/losses/mmdet.yaml == LossConfig.mmdet()
+    nuclei = CONFIGS / "nuclei.yaml"
+    assert load_config(nuclei).model.losses == LossConfig()
+    assert load_config(nuclei, layers=[CONFIGS / "losses" / "seed.yaml"]).model.losses == LossConfig()
+    mm = load_config(nuclei, layers=[CONFIGS / "losses" / "mmdet.yaml"]).model.losses
+    assert mm == LossConfig.mmdet() and mm != LossConfig()
+    assert (mm.rpn_cls_pos_weight, mm.roi_cls_pos_weight, mm.clip_grad_norm) == (1.0, 1.0, None)
+    # only the three documented fields differ between the two
+    diff = {k for k, v in LossConfig().model_dump().items() if mm.model_dump()[k] != v}
+    assert diff == {"rpn_cls_pos_weight", "roi_cls_pos_weight", "clip_grad_norm"}
 
 
 def test_seed_losses_layer():
