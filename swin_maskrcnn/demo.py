@@ -67,6 +67,28 @@ def default_config_path() -> Path:
     raise FileNotFoundError(f"{CONFIG_NAME} not found in {here / 'configs'} or {here.parent / 'configs'}")
 
 
+#: the kernel's run-queue figures; field 4 is "runnable/total" scheduling entities right now
+PROC_LOADAVG = Path("/proc/loadavg")
+
+
+def other_runnable(samples: int = 10, interval_s: float = 0.05) -> Optional[float]:
+    """Mean number of runnable tasks besides this one over ``samples`` reads of ``/proc/loadavg``
+    (``None`` where the file does not exist).
+
+    An instantaneous figure, unlike the load average: the 1-minute average still counts the
+    ``pip install`` that ``make demo`` runs just before, which would make an idle machine look busy."""
+    counts = []
+    try:
+        for i in range(samples):
+            if i:
+                time.sleep(interval_s)
+            runnable = PROC_LOADAVG.read_text().split()[3].split("/")[0]
+            counts.append(int(runnable) - 1)  # this process is running while it reads the file
+    except (OSError, IndexError, ValueError):
+        return None
+    return max(0.0, sum(counts) / len(counts))
+
+
 def default_threads() -> int:
     """torch threads for the demo: every CPU of this process when the machine is otherwise idle,
     half of them when it is busy.
@@ -75,14 +97,17 @@ def default_threads() -> int:
     threads make a step ~1.4x faster than one; when other processes compete for the cores the
     spinning threads lose their time slices and a step gets several times SLOWER than with one
     thread (measured up to ~10x with three other 2-thread jobs on 2 cores). ``OMP_WAIT_POLICY=
-    PASSIVE`` avoids the collapse but was slower than one thread both idle and busy. The decision
-    uses the 1-minute load average at start-up; ``--threads`` overrides it."""
+    PASSIVE`` avoids the collapse but was slower than one thread both idle and busy. "Busy" means
+    at least half the CPUs' worth of other runnable tasks at start-up (:func:`other_runnable`;
+    the 1-minute load average where ``/proc/loadavg`` is missing). ``--threads`` overrides it."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return cpus
-    return cpus if load < 0.5 * cpus else max(1, cpus // 2)
+    others = other_runnable()
+    if others is None:
+        try:
+            others = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return cpus
+    return cpus if others < 0.5 * cpus else max(1, cpus // 2)
 
 
 def demo_line(box_ap: float, mask_ap: float) -> str:

@@ -75,20 +75,38 @@ def test_plot_curves_without_validation_rows(tmp_path):
     assert path.is_file()
 
 
-@pytest.mark.parametrize("load, cpus, expected", [(0.0, 2, 2), (0.9, 2, 2), (1.0, 2, 1), (3.5, 2, 1),
-                                                  (1.9, 4, 4), (2.0, 4, 2), (5.0, 1, 1)])
-def test_default_threads_follows_load(monkeypatch, load, cpus, expected):
-    # idle machine (1-min load < half the CPUs): all CPUs; busy: half of them, never fewer than one
+@pytest.mark.parametrize("others, cpus, expected", [(0.0, 2, 2), (0.9, 2, 2), (1.0, 2, 1), (3.5, 2, 1),
+                                                    (1.9, 4, 4), (2.0, 4, 2), (5.0, 1, 1)])
+def test_default_threads_follows_other_runnable_tasks(monkeypatch, others, cpus, expected):
+    # idle machine (fewer than half the CPUs' worth of other runnable tasks): all CPUs; busy: half, at least one
     monkeypatch.setattr(demo_mod.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
-    monkeypatch.setattr(demo_mod.os, "getloadavg", lambda: (load, 0.0, 0.0))
+    monkeypatch.setattr(demo_mod, "other_runnable", lambda: others)
+    monkeypatch.setattr(demo_mod.os, "getloadavg", lambda: (99.0, 0.0, 0.0))  # not consulted
     assert demo_mod.default_threads() == expected
 
 
-def test_default_threads_without_load_average(monkeypatch):
-    monkeypatch.setattr(demo_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+def test_other_runnable_reads_the_run_queue_not_the_load_average(tmp_path, monkeypatch):
+    # a machine whose 1-minute load is still high from a finished job, with 3 tasks runnable now (this one + 2)
+    fake = tmp_path / "loadavg"
+    fake.write_text("1.85 2.32 2.47 3/87 24808\n")
+    monkeypatch.setattr(demo_mod, "PROC_LOADAVG", fake)
+    assert demo_mod.other_runnable(samples=3, interval_s=0.0) == 2.0
+    fake.write_text("1.85 2.32 2.47 1/87 24808\n")  # only this process: idle, whatever the average says
+    assert demo_mod.other_runnable(samples=2, interval_s=0.0) == 0.0
+    fake.write_text("garbage\n")
+    assert demo_mod.other_runnable(samples=1) is None
+
+
+def test_default_threads_falls_back_to_load_average(monkeypatch):
+    monkeypatch.setattr(demo_mod.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(demo_mod, "other_runnable", lambda: None)  # no /proc/loadavg
+    monkeypatch.setattr(demo_mod.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert demo_mod.default_threads() == 2
+    monkeypatch.setattr(demo_mod.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
+    assert demo_mod.default_threads() == 1
 
     def no_load():
         raise OSError("no load average on this platform")
 
     monkeypatch.setattr(demo_mod.os, "getloadavg", no_load)
-    assert demo_mod.default_threads() == 3
+    assert demo_mod.default_threads() == 2
