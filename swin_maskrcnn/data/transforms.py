@@ -22,6 +22,8 @@ exact semantics need it:
   the actual per-axis ratios new_w / w and new_h / h, then clipped to the image.
 * :class:`RandomAbsoluteCrop` is mmdet's ``RandomCrop(crop_type='absolute_range')``; unlike mmdet
   it also drops instances whose *mask* becomes empty, always removing box, mask, label together.
+  Resizing does the same for a mask that a downscale empties (a 1-px sliver left by a crop at
+  the border); mmdet keeps such an instance with an all-zero mask target.
 
 Randomness comes from torch's global generator (seeded per DataLoader worker by PyTorch), so a run
 is reproducible given ``torch.manual_seed`` and the loader seed.
@@ -218,7 +220,13 @@ def resize_to(image: torch.Tensor, target: Optional[Target], new_h: int, new_w: 
     if masks.shape[0] == 0:
         target["masks"] = tv_tensors.Mask(torch.zeros((0, new_h, new_w), dtype=masks.dtype))
     else:
+        had_pixels = masks.as_subclass(torch.Tensor).flatten(1).ne(0).any(dim=1)
         target["masks"] = F.resize(masks, [new_h, new_w], interpolation=InterpolationMode.NEAREST)
+        # a downscale can miss every pixel of a 1-px sliver (nearest samples floor(j * w / new_w));
+        # such an instance would train the mask head on an all-background target: drop it whole
+        vanished = had_pixels & ~target["masks"].as_subclass(torch.Tensor).flatten(1).ne(0).any(dim=1)
+        if bool(vanished.any()):
+            target = _select(target, ~vanished)
     sw, sh = target["scale_factor"]
     target["scale_factor"] = (float(sw) * new_w / w, float(sh) * new_h / h)
     target["img_size"] = (new_h, new_w)
