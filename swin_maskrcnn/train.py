@@ -31,6 +31,7 @@ import math
 import os
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -388,6 +389,7 @@ def _train(cfg: TrainConfig, resume: Optional[str], run_dir: Path, t0: float) ->
         precision=rt.precision,
         max_steps=cfg.optim.max_steps,
         max_epochs=-1,
+        max_time=None if rt.max_minutes is None else timedelta(minutes=rt.max_minutes),
         accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
         gradient_clip_val=cfg.model.losses.clip_grad_norm,
         gradient_clip_algorithm="norm",
@@ -432,11 +434,15 @@ def _train(cfg: TrainConfig, resume: Optional[str], run_dir: Path, t0: float) ->
         "best_segm_AP": best_score,
         "final_model": str(final_model),
         "global_step": int(trainer.global_step),
+        "stopped_by_time": bool(rt.max_minutes is not None and trainer.global_step < cfg.optim.max_steps),
         "final_metrics": final_metrics,
         "collapse_alarm_steps": [] if probe is None else list(probe.alarm_steps),
         "wall_time_s": time.time() - t0,
     }
     if trainer.is_global_zero:
+        if summary["stopped_by_time"]:
+            log.warning("runtime.max_minutes=%g reached at step %d of %d", rt.max_minutes, trainer.global_step,
+                        cfg.optim.max_steps)
         log.info("%s", _summary_line(summary))
     return summary
 

@@ -208,6 +208,12 @@ class RuntimeConfig(StrictModel):
     run_name: Optional[str] = Field(None, description="None: <config name or variant>_<timestamp>")
     seed: int = Field(0, ge=0, description="model init and per-step sampling seed")
     progress_bar: bool = True
+    max_minutes: Optional[float] = Field(
+        None, gt=0,
+        description="wall-clock budget: stop training after this many minutes (in all, over resumes) even before optim.max_steps "
+        "(Lightning's max_time; the lr schedule stays the step-based one, so it is cut short). last.ckpt and "
+        "model_final.pt are still written; the summary says stopped_by_time",
+    )
 
     @field_validator("devices")
     @classmethod

@@ -178,6 +178,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
         ("optim.milestones=[500, 100]", "optim.milestones"),
         ("runtime.val_max_dets=[1, 10]", "runtime.val_max_dets"),
         ("runtime.strategy=ddp_spawn", "runtime.strategy"),
+        ("runtime.max_minutes=0", "runtime.max_minutes"),
     ],
 )
 def test_out_of_range_names_dotted_key(override, key):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -214,6 +215,26 @@ def test_init_from_checkpoint_with_another_class_count(full_run):
     assert init_weights_from(same, s["last_checkpoint"]) == []  # Lightning .ckpt, every key
     for k, v in same.state_dict().items():
         assert torch.equal(v, src[k]), k
+
+
+def test_max_minutes_stops_early_and_still_writes_the_run(tiny_data, tmp_path):
+    ann, imgs = tiny_data
+    # 0.3 s of budget against 10,000 steps: Lightning's timer stops the loop after a few steps
+    cfg = tiny_train_config(ann, imgs, tmp_path, "timed", max_steps=10_000, max_minutes=0.005,
+                            val_every_n_steps=10_000, checkpoint_every_n_steps=10_000, probe_every_n_steps=0)
+    t0 = time.perf_counter()
+    s = train(cfg)
+    assert time.perf_counter() - t0 < 120
+    assert 0 < s["global_step"] < 10_000 and s["stopped_by_time"] is True
+    assert Path(s["final_model"]).is_file() and Path(s["last_checkpoint"]).is_file()
+    steps = losses_by_step(read_metrics_csv(s["run_dir"]))
+    assert steps and max(steps) <= s["global_step"]
+
+
+def test_without_max_minutes_the_run_is_not_stopped_by_time(full_run):
+    cfg, s = full_run
+    assert cfg.runtime.max_minutes is None
+    assert s["stopped_by_time"] is False and s["global_step"] == cfg.optim.max_steps
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
