@@ -369,9 +369,11 @@ def _train(cfg: TrainConfig, resume: Optional[str], run_dir: Path, t0: float) ->
         detector = CollapseDetector.from_config(rt.collapse) if rt.collapse.enabled else None
         probe = ProbeMonitor(images, sizes, rt.probe_every_n_steps, detector, batch_size=cfg.data.val_batch_size)
         callbacks.append(probe)
+    keep = rt.keep_last_checkpoints  # newest N by the logged "step" (= optimizer steps done), or all
     periodic = ModelCheckpoint(
         dirpath=ckpt_dir, filename="step_{step:07d}", auto_insert_metric_name=False,
-        every_n_train_steps=rt.checkpoint_every_n_steps, save_top_k=-1, save_last="link",
+        every_n_train_steps=rt.checkpoint_every_n_steps, save_last="link",
+        save_top_k=-1 if keep is None else keep, monitor=None if keep is None else "step", mode="max",
     )
     callbacks.append(periodic)
     best = None

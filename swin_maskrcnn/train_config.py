@@ -200,6 +200,10 @@ class RuntimeConfig(StrictModel):
     max_val_images: Optional[int] = Field(None, ge=1, description="validate on the first N images (None: all)")
     val_max_dets: list[int] = Field(default_factory=lambda: [1, 10, 100], description="COCOeval maxDets")
     checkpoint_every_n_steps: int = Field(7330, ge=1)
+    keep_last_checkpoints: Optional[int] = Field(
+        None, ge=1,
+        description="keep only the newest N periodic step_*.ckpt files (None: keep all); last.ckpt and best.ckpt stay",
+    )
     log_every_n_steps: int = Field(50, ge=1)
     probe_every_n_steps: int = Field(500, ge=0, description="prediction-count probe period (0: off)")
     probe_images: int = Field(4, ge=1, description="images in the fixed probe batch (first val, else train, images)")

@@ -231,6 +231,16 @@ def test_max_minutes_stops_early_and_still_writes_the_run(tiny_data, tmp_path):
     assert steps and max(steps) <= s["global_step"]
 
 
+def test_keep_last_checkpoints_removes_older_periodic_ones(tiny_data, tmp_path):
+    ann, imgs = tiny_data
+    cfg = tiny_train_config(ann, imgs, tmp_path, "keep2", max_steps=20, checkpoint_every_n_steps=5,
+                            keep_last_checkpoints=2, val_every_n_steps=10, probe_every_n_steps=0)
+    s = train(cfg)
+    ckpts = Path(s["run_dir"]) / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*.ckpt")) == ["step_0000015.ckpt", "step_0000020.ckpt"]
+    assert (ckpts / "last.ckpt").exists() and (ckpts / "best.ckpt").is_file()
+
+
 def test_without_max_minutes_the_run_is_not_stopped_by_time(full_run):
     cfg, s = full_run
     assert cfg.runtime.max_minutes is None
