@@ -1,8 +1,15 @@
 """Layer-by-layer parity with mmdetection 3.3's own Swin Mask R-CNN.
 
 Fixtures were written by mmdet itself (``../shared/tools/mmdet_reference/make_fixture.py``):
-  tests/fixtures/mmdet_tiny_seed11:         make_fixture.py --out ... --seed 11
-  tests/fixtures/mmdet_tiny_seed12_resize:  make_fixture.py --out ... --seed 12 --resize mmdet --scale 160,128
+  tests/fixtures/mmdet_tiny_seed11:         make_fixture.py --out ... --seed 11 --sizes 96x124,100x80 --cfg-options NARROW
+  tests/fixtures/mmdet_tiny_seed12_resize:  make_fixture.py --out ... --seed 12 --sizes 96x124,100x80 --resize mmdet
+                                            --scale 128,100 --cfg-options NARROW
+NARROW narrows the tool's ``tiny`` preset further so each file stays under 2 MB (embed 8, FPN/RoI 24
+channels, box head fc 32): model.backbone.embed_dims=8 model.neck.out_channels=24
+model.rpn_head.in_channels=24 model.rpn_head.feat_channels=24 model.roi_head.bbox_roi_extractor.out_channels=24
+model.roi_head.bbox_head.in_channels=24 model.roi_head.bbox_head.fc_out_channels=32
+model.roi_head.mask_roi_extractor.out_channels=24 model.roi_head.mask_head.in_channels=24
+model.roi_head.mask_head.conv_out_channels=24. The exact command is line 8 of each fixture's README.md.
 Each holds mmdet's checkpoint and every intermediate output (see its README.md). The full-size Swin-T
 check is opt-in: set SWIN_MASKRCNN_SWIN_T_FIXTURE to a folder made with ``--model swin_t``.
 Discrete results (proposal counts, detections, labels, sampled indices, mask pixels) are compared
@@ -17,8 +24,9 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+import swin_maskrcnn.model as model_module
 from swin_maskrcnn import SwinMaskRCNN, load_model
-from swin_maskrcnn.data.transforms import rescale_size
+from swin_maskrcnn.data.transforms import Resize, rescale_size
 from swin_maskrcnn.sampler import even_choice
 
 from conftest import FIXTURES
@@ -224,16 +232,43 @@ def test_training_losses_and_sampling(fx):
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
 
 
-def test_predict_with_resize_close_to_mmdet(fx):
-    """``predict(resize=True)`` from the raw images: our bilinear resize can differ from OpenCV's
-    fixed-point one by a grey level, so detections are matched rather than compared bit for bit."""
+def test_predict_with_resize_matches_mmdet(fx, monkeypatch):
+    """``predict(resize=True)`` from the raw images, in two exact parts.
+
+    1. The resize: same output size as mmdet's (mmcv's rounding) and pixels within one grey level
+       (torch bilinear vs OpenCV's fixed-point INTER_LINEAR; ~20-30 % of pixels differ by one).
+    2. The rest of ``predict`` (which image goes in, original sizes, rescaling back): with mmdet's
+       own resized images substituted for ours, the detections are mmdet's.
+    End-to-end detections are not compared: a one-grey-level change moves this untrained model's
+    scores, which the fixture calibrates to sit near score_thr, across it."""
     _, model, out = fx
     if out["meta"]["resize"] != "mmdet":
         pytest.skip("resize fixture only")
-    res = model.predict([im["rgb_uint8"].numpy() for im in out["images"]], resize=True, scale=tuple(out["meta"]["scale"]))
+    scale = tuple(out["meta"]["scale"])
+    raw = [im["rgb_uint8"].numpy() for im in out["images"]]
+    mmdet_resized = _input_255(out)
+    for im, ref in zip(raw, mmdet_resized):
+        ours = Resize(scale, keep_ratio=True)(torch.from_numpy(im).permute(2, 0, 1).contiguous())[0]
+        ours = ours.as_subclass(torch.Tensor).float()
+        assert ours.shape == ref.shape
+        assert (ours - ref).abs().max().item() <= 1.0 + 1e-3
+
+    queue = list(mmdet_resized)
+
+    class MmdetResize:  # stands in for the resize inside predict: hands over mmdet's resized images in order
+        def __init__(self, scale_, keep_ratio=True):
+            assert tuple(scale_) == scale and keep_ratio
+
+        def __call__(self, image, target=None):
+            ref = queue.pop(0)
+            assert ref.shape[0] == 3 and image.dtype == torch.uint8
+            return ref, target
+
+    monkeypatch.setattr(model_module, "Resize", MmdetResize)
+    res = model.predict(raw, resize=True, scale=scale)
+    assert not queue
     for ours, ref, im in zip(res, out["predictions"], out["images"]):
         assert ours["masks"].shape[1:] == tuple(im["ori_shape"])
-        iou = box_iou(ref["bboxes"], ours["boxes"])
-        same_label = ref["labels"][:, None] == ours["labels"][None, :]
-        best = (iou * same_label).max(dim=1).values
-        assert (best > 0.9).float().mean().item() >= 0.8, best
+        assert ours["labels"].tolist() == ref["labels"].tolist()
+        assert _max_diff(ours["boxes"], ref["bboxes"]) < 1e-3
+        assert _max_diff(ours["scores"], ref["scores"]) < 1e-5
