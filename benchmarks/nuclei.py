@@ -89,10 +89,16 @@ def run_ours(cfg, train_ds, val_ds, budget_cpu_s: float, name: str = "ours", see
     ds = val_ds if max_val_images is None else torch.utils.data.Subset(val_ds, list(range(min(max_val_images, len(val_ds)))))
     clock = CpuClock()
     metrics, results, _ = common.evaluate_ours(model, ds)
+    desc = (f"SwinMaskRCNN ({cfg.model.variant}, embed {cfg.model.resolved_embed_dims()}, "
+            f"depths {list(cfg.model.resolved_depths())}), {n_params / 1e6:.2f} M params")
+    return _record(desc, n_params, train_info, clock, metrics, results), results
+
+
+def _record(desc: str, n_params: int, train_info: dict, clock: CpuClock, metrics: dict, results: list[dict]) -> dict:
+    """One model's entry of summary.json: training info, evaluation cost, COCO metrics, score counts."""
     n_img = metrics["num_images"]
-    out = {
-        "model": f"SwinMaskRCNN ({cfg.model.variant}, embed {cfg.model.resolved_embed_dims()}, "
-                 f"depths {list(cfg.model.resolved_depths())}), {n_params / 1e6:.2f} M params",
+    return {
+        "model": desc,
         "params": n_params,
         "train": train_info,
         "eval_cpu_s": clock.cpu,
@@ -101,7 +107,6 @@ def run_ours(cfg, train_ds, val_ds, budget_cpu_s: float, name: str = "ours", see
         "metrics": common.short_metrics(metrics),
         "preds_per_image": _counts_by_image(results, n_img),
     }
-    return out, results
 
 
 def _counts_by_image(results: list[dict], n_images: int) -> dict[str, float]:
@@ -166,18 +171,8 @@ def run_peer(cfg, train_ds, val_ds, budget_cpu_s: float, seed: int = 0,
     train_info["load_start"], train_info["load_end"] = load0, common.load_avg()
     clock = CpuClock()
     metrics, results = evaluate_peer(model, val_ds, max_val_images)
-    n_img = metrics["num_images"]
-    out = {
-        "model": f"torchvision maskrcnn_resnet50_fpn (from scratch), {n_params / 1e6:.2f} M params",
-        "params": n_params,
-        "train": train_info,
-        "eval_cpu_s": clock.cpu,
-        "eval_wall_s": clock.wall,
-        "num_val_images": n_img,
-        "metrics": common.short_metrics(metrics),
-        "preds_per_image": _counts_by_image(results, n_img),
-    }
-    return out, results
+    desc = f"torchvision maskrcnn_resnet50_fpn (from scratch), {n_params / 1e6:.2f} M params"
+    return _record(desc, n_params, train_info, clock, metrics, results), results
 
 
 # ------------------------------------------------------------------------------------------------
