@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from swin_maskrcnn.atomic_io import atomic_write  # noqa: E402  (after the sys.path line above)
+
 DATA = REPO.parent / "shared" / "data"
 BENCH_OUT = REPO / "bench_out"
 
@@ -71,12 +73,8 @@ def load_avg() -> list[float]:
 
 
 def write_json(obj: Any, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
-    return path
+    """``obj`` as indented JSON (numpy, tensor and Path values converted), written atomically."""
+    return atomic_write(path, lambda f: json.dump(obj, f, indent=2, default=_json_default))
 
 
 def _json_default(o: Any) -> Any:
