@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from swin_maskrcnn.atomic_io import atomic_write  # noqa: E402  (after the sys.path line above)
+from swin_maskrcnn.io_utils import atomic_write  # noqa: E402  (after the sys.path line above)
 
 DATA = REPO.parent / "shared" / "data"
 BENCH_OUT = REPO / "bench_out"

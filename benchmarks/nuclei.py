@@ -45,7 +45,7 @@ SCORE_THRS = (0.05, 0.3, 0.5)
 
 def load_cfg(config: Path, overrides: Sequence[str] = (), layers: Sequence[str] = (),
              train_ann=None, train_images=None, val_ann=None, val_images=None):
-    from swin_maskrcnn.train_config import load_config
+    from swin_maskrcnn.training.config import load_config
 
     ov = list(overrides)
     for key, val in (("data.train_ann", train_ann), ("data.train_images", train_images),
@@ -75,7 +75,7 @@ def build_data(cfg):
 def run_ours(cfg, train_ds, val_ds, budget_cpu_s: float, name: str = "ours", seed: int = 0,
              max_val_images: Optional[int] = None) -> tuple[dict, list[dict]]:
     from swin_maskrcnn import SwinMaskRCNN
-    from swin_maskrcnn.optim import build_optimizer
+    from swin_maskrcnn.training.optim import build_optimizer
 
     torch.manual_seed(seed)
     model = SwinMaskRCNN(cfg.model)
@@ -156,7 +156,7 @@ def evaluate_peer(model, val_ds, max_images: Optional[int] = None) -> tuple[dict
 
 def run_peer(cfg, train_ds, val_ds, budget_cpu_s: float, seed: int = 0,
              max_val_images: Optional[int] = None) -> tuple[dict, list[dict]]:
-    from swin_maskrcnn.optim import build_optimizer
+    from swin_maskrcnn.training.optim import build_optimizer
 
     torch.manual_seed(seed)
     model = build_peer(cfg)

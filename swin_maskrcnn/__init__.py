@@ -1,7 +1,7 @@
 """swin_maskrcnn: a standalone Swin Transformer Mask R-CNN reproducing mmdetection's outputs."""
-from .config import LossConfig, ModelConfig, RoIConfig, RPNConfig, tiny_model_config
-from .mmdet_checkpoint import load_model
-from .model import SwinMaskRCNN
+from .modeling.config import LossConfig, ModelConfig, RoIConfig, RPNConfig, tiny_model_config
+from .checkpoint.mmdet import load_model
+from .modeling.detector import SwinMaskRCNN
 
 __all__ = ["SwinMaskRCNN", "ModelConfig", "LossConfig", "RPNConfig", "RoIConfig", "tiny_model_config", "load_model"]
 __version__ = "0.1.0"

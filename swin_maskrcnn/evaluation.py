@@ -28,8 +28,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .atomic_io import atomic_write
-from .data.coco import stdout_to_log
+from .io_utils import atomic_write, stdout_to_log
 from .data.loader import collate
 
 logger = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.ops import box_iou
 
-from swin_maskrcnn.anchors import AnchorGenerator, base_anchors
-from swin_maskrcnn.config import LossConfig, RPNConfig
-from swin_maskrcnn.rpn import RPNHead, flatten_level
-from swin_maskrcnn.sampler import even_choice
+from swin_maskrcnn.modeling.anchors import AnchorGenerator, base_anchors
+from swin_maskrcnn.modeling.config import LossConfig, RPNConfig
+from swin_maskrcnn.modeling.rpn import RPNHead, flatten_level
+from swin_maskrcnn.modeling.sampler import even_choice
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar")
 

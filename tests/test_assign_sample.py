@@ -12,11 +12,11 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from swin_maskrcnn.anchors import AnchorGenerator
-from swin_maskrcnn.assigner import MaxIoUAssigner
-from swin_maskrcnn.config import tiny_model_config
-from swin_maskrcnn.roi_head import RoIHead
-from swin_maskrcnn.sampler import RandomSampler, SamplingResult, even_choice, random_choice
+from swin_maskrcnn.modeling.anchors import AnchorGenerator
+from swin_maskrcnn.modeling.assigner import MaxIoUAssigner
+from swin_maskrcnn.modeling.config import tiny_model_config
+from swin_maskrcnn.modeling.roi_heads.roi_head import RoIHead
+from swin_maskrcnn.modeling.sampler import RandomSampler, SamplingResult, even_choice, random_choice
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar")
 
@@ -277,7 +277,7 @@ def test_empty_gt_image_samples_only_negatives():
 def test_low_quality_tie_between_gts_goes_to_the_later_gt():
     """mmdet loops over GTs in order and overwrites: a candidate that is the best match of two GTs
     ends up with the later one, even when its IoU with the earlier GT is higher."""
-    from swin_maskrcnn.assigner import MaxIoUAssigner
+    from swin_maskrcnn.modeling.assigner import MaxIoUAssigner
 
     overlaps = torch.tensor([[0.45, 0.10, 0.00], [0.40, 0.20, 0.35]])  # (G=2, N=3)
     res = MaxIoUAssigner(0.7, 0.3, 0.3).assign_from_overlaps(overlaps, torch.tensor([4, 7]))

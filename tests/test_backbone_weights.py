@@ -13,8 +13,8 @@ import torch
 from torchvision.models import swin_t
 from torchvision.models.swin_transformer import SwinTransformer as TVSwin
 
-from swin_maskrcnn.backbone_weights import load_imagenet_backbone, merging_to_unfold_order
-from swin_maskrcnn.swin import SwinTransformer
+from swin_maskrcnn.checkpoint.imagenet import load_imagenet_backbone, merging_to_unfold_order
+from swin_maskrcnn.modeling.backbone.swin import SwinTransformer
 
 
 def tv_to_original(sd: dict) -> dict:

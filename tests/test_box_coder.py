@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchvision.models.detection._utils import BoxCoder as TVBoxCoder
 
-from swin_maskrcnn.box_coder import MAX_DELTA, DeltaXYWHBBoxCoder
+from swin_maskrcnn.modeling.box_coder import MAX_DELTA, DeltaXYWHBBoxCoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar")
 

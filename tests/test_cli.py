@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from swin_maskrcnn.cli import build_parser, main
-from swin_maskrcnn.train_config import save_config
+from swin_maskrcnn.apps.cli import build_parser, main
+from swin_maskrcnn.training.config import save_config
 
 from test_training import make_tiny_coco, tiny_train_config
 

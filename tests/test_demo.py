@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from swin_maskrcnn import demo as demo_mod
-from swin_maskrcnn.cli import main as cli_main
+from swin_maskrcnn.apps import demo as demo_mod
+from swin_maskrcnn.apps.cli import main as cli_main
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 

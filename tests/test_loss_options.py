@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from swin_maskrcnn import SwinMaskRCNN, tiny_model_config
-from swin_maskrcnn.optim import split_decay_names
-from swin_maskrcnn.sampler import even_choice
+from swin_maskrcnn.training.optim import split_decay_names
+from swin_maskrcnn.modeling.sampler import even_choice
 
 LN2 = math.log(2.0)
 

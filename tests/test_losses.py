@@ -16,13 +16,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from swin_maskrcnn.bbox_head import BBoxHead
-from swin_maskrcnn.config import LossConfig, tiny_model_config
-from swin_maskrcnn.losses import box_regression_loss, reduce_loss, sigmoid_bce, softmax_ce
-from swin_maskrcnn.mask_head import MaskHead
-from swin_maskrcnn.roi_head import RoIHead
-from swin_maskrcnn.rpn import RPNHead
-from swin_maskrcnn.sampler import even_choice
+from swin_maskrcnn.modeling.roi_heads.bbox_head import BBoxHead
+from swin_maskrcnn.modeling.config import LossConfig, tiny_model_config
+from swin_maskrcnn.modeling.losses import box_regression_loss, reduce_loss, sigmoid_bce, softmax_ce
+from swin_maskrcnn.modeling.roi_heads.mask_head import MaskHead
+from swin_maskrcnn.modeling.roi_heads.roi_head import RoIHead
+from swin_maskrcnn.modeling.rpn import RPNHead
+from swin_maskrcnn.modeling.sampler import even_choice
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar")
 

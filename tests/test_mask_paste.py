@@ -14,7 +14,7 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from swin_maskrcnn.mask_head import MaskHead, paste_masks
+from swin_maskrcnn.modeling.roi_heads.mask_head import MaskHead, paste_masks
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar")
 

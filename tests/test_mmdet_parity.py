@@ -24,10 +24,10 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-import swin_maskrcnn.model as model_module
+import swin_maskrcnn.modeling.detector as model_module
 from swin_maskrcnn import SwinMaskRCNN, load_model
 from swin_maskrcnn.data.transforms import Resize, rescale_size
-from swin_maskrcnn.sampler import even_choice
+from swin_maskrcnn.modeling.sampler import even_choice
 
 from conftest import FIXTURES
 
@@ -252,19 +252,17 @@ def test_predict_with_resize_matches_mmdet(fx, monkeypatch):
         ours = ours.as_subclass(torch.Tensor).float()
         assert ours.shape == ref.shape
         assert (ours - ref).abs().max().item() <= 1.0 + 1e-3
+        # predict's own resize (modeling.preprocess) is the data pipeline's, pixel for pixel
+        in_model = model_module.resize_keep_ratio(torch.from_numpy(im).permute(2, 0, 1).float(), scale)
+        assert torch.equal(in_model, ours)
 
     queue = list(mmdet_resized)
 
-    class MmdetResize:  # stands in for the resize inside predict: hands over mmdet's resized images in order
-        def __init__(self, scale_, keep_ratio=True):
-            assert tuple(scale_) == scale and keep_ratio
+    def mmdet_resize(image_255, scale_):  # stands in for predict's resize: mmdet's resized images in order
+        assert tuple(scale_) == scale and image_255.shape[0] == 3
+        return queue.pop(0).float()
 
-        def __call__(self, image, target=None):
-            ref = queue.pop(0)
-            assert ref.shape[0] == 3 and image.dtype == torch.uint8
-            return ref, target
-
-    monkeypatch.setattr(model_module, "Resize", MmdetResize)
+    monkeypatch.setattr(model_module, "resize_keep_ratio", mmdet_resize)
     res = model.predict(raw, resize=True, scale=scale)
     assert not queue
     for ours, ref, im in zip(res, out["predictions"], out["images"]):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from swin_maskrcnn import ModelConfig, SwinMaskRCNN, load_model, tiny_model_config
-from swin_maskrcnn.mmdet_checkpoint import CheckpointError
+from swin_maskrcnn.checkpoint.mmdet import CheckpointError
 
 from conftest import SHARED_DATA
 
@@ -85,7 +85,7 @@ def test_load_infers_swin_s_and_custom_widths(tmp_path):
 
 def test_mmdet_checkpoint_trains_with_mmdet_losses(tmp_path):
     # the library's loss defaults are the from-scratch preset; an mmdet checkpoint keeps mmdet's losses
-    from swin_maskrcnn.config import LossConfig
+    from swin_maskrcnn.modeling.config import LossConfig
 
     path, _ = _mmdet_style_checkpoint(tmp_path, tiny_model_config(num_classes=2), name="t.pth")
     lo = load_model(path).cfg.losses

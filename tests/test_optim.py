@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from swin_maskrcnn.config import tiny_model_config
-from swin_maskrcnn.model import SwinMaskRCNN
-from swin_maskrcnn.optim import build_optimizer, build_scheduler, lr_factor, split_decay_names
-from swin_maskrcnn.train_config import OptimConfig
+from swin_maskrcnn.modeling.config import tiny_model_config
+from swin_maskrcnn.modeling.detector import SwinMaskRCNN
+from swin_maskrcnn.training.optim import build_optimizer, build_scheduler, lr_factor, split_decay_names
+from swin_maskrcnn.training.config import OptimConfig
 
 KEYS = ["absolute_pos_embed", "relative_position_bias_table", "norm"]
 

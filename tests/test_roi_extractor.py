@@ -15,7 +15,7 @@ import torch
 from torchvision.ops import roi_align
 from torchvision.ops.poolers import LevelMapper
 
-from swin_maskrcnn.roi_extractor import RoIExtractor, boxes_to_rois, map_roi_levels
+from swin_maskrcnn.modeling.roi_heads.roi_extractor import RoIExtractor, boxes_to_rois, map_roi_levels
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar")
 

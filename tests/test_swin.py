@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import swin_maskrcnn.swin as swin_module
-from swin_maskrcnn.config import ModelConfig, tiny_model_config
-from swin_maskrcnn.swin import (
+import swin_maskrcnn.modeling.backbone.swin as swin_module
+from swin_maskrcnn.modeling.config import ModelConfig, tiny_model_config
+from swin_maskrcnn.modeling.backbone.swin import (
     DropPath,
     PatchMerging,
     ShiftWindowMSA,

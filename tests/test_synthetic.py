@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from swin_maskrcnn.data.coco import CocoInstanceDataset
-from swin_maskrcnn.synthetic import (
+from swin_maskrcnn.data.synthetic import (
     CLASS_NAMES,
     _empty_indices,
     ShapeParams,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from swin_maskrcnn.config import LossConfig, tiny_model_config
-from swin_maskrcnn.train_config import (
+from swin_maskrcnn.modeling.config import LossConfig, tiny_model_config
+from swin_maskrcnn.training.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
@@ -19,7 +19,7 @@ from swin_maskrcnn.train_config import (
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-# demo.yaml is a recipe (a TrainConfig plus a `demo:` section read by swin_maskrcnn.demo); tests/test_demo.py
+# demo.yaml is a recipe (a TrainConfig plus a `demo:` section read by swin_maskrcnn.apps.demo); tests/test_demo.py
 # validates it through the demo's own loader.
 FULL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "losses" not in p.parts and p.name != "demo.yaml")
 LAYER_CONFIGS = sorted((CONFIGS / "losses").glob("*.yaml"))
@@ -214,7 +214,7 @@ def test_tiny_config_from_dict_round_trip(tmp_path):
 def test_num_classes_mismatch_is_a_startup_error(tmp_path):
     from test_training import make_tiny_coco
 
-    from swin_maskrcnn.train import build_datasets
+    from swin_maskrcnn.training.train import build_datasets
 
     ann, imgs = make_tiny_coco(tmp_path / "data", n_images=3)
     cfg = load_config(BASE, [f"data.train_ann={ann}", f"data.train_images={imgs}", "data.val_ann=null",

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from swin_maskrcnn.checkpoint_io import load_checkpoint, read_checkpoint, save_checkpoint
-from swin_maskrcnn.config import tiny_model_config
+from swin_maskrcnn.checkpoint.native import load_checkpoint, read_checkpoint, save_checkpoint
+from swin_maskrcnn.modeling.config import tiny_model_config
 from swin_maskrcnn.evaluation import evaluate_model
-from swin_maskrcnn.monitoring import CollapseDetector
-from swin_maskrcnn.optim import lr_factor
-from swin_maskrcnn.train import RunBatchSampler, SeededSamples, sample_seed, train
-from swin_maskrcnn.train_config import TrainConfig, config_from_dict
+from swin_maskrcnn.training.monitoring import CollapseDetector
+from swin_maskrcnn.training.optim import lr_factor
+from swin_maskrcnn.training.train import RunBatchSampler, SeededSamples, sample_seed, train
+from swin_maskrcnn.training.config import TrainConfig, config_from_dict
 
 STEPS = 50
 RESUME_FROM = 45
@@ -197,9 +197,9 @@ def test_checkpoints_load_and_evaluate(full_run, tiny_data):
 
 
 def test_init_from_checkpoint_with_another_class_count(full_run):
-    from swin_maskrcnn.config import ModelConfig
-    from swin_maskrcnn.model import SwinMaskRCNN
-    from swin_maskrcnn.train import init_weights_from
+    from swin_maskrcnn.modeling.config import ModelConfig
+    from swin_maskrcnn.modeling.detector import SwinMaskRCNN
+    from swin_maskrcnn.training.train import init_weights_from
 
     cfg, s = full_run
     src = torch.load(s["final_model"], weights_only=True)["state_dict"]
@@ -250,7 +250,7 @@ def test_without_max_minutes_the_run_is_not_stopped_by_time(full_run):
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     m = torch.nn.Linear(2, 2)
     cfg = tiny_model_config(num_classes=2)
-    from swin_maskrcnn.model import SwinMaskRCNN
+    from swin_maskrcnn.modeling.detector import SwinMaskRCNN
 
     model = SwinMaskRCNN(cfg)
     path = save_checkpoint(tmp_path / "m.pt", model, cfg, ["a", "b"], {1: 0, 5: 1})

@@ -55,8 +55,6 @@ which applies ``min_size`` whether or not empty images are filtered; the default
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import math
@@ -71,28 +69,15 @@ from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from ..io_utils import stdout_to_log
 from .transforms import to_float_image, unwrap_target
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CocoInstanceDataset", "load_rgb_image", "pil_to_rgb_uint8", "stdout_to_log"]
+__all__ = ["CocoInstanceDataset", "load_rgb_image", "pil_to_rgb_uint8"]
 
 _MAX_WARNINGS_PER_KIND = 20
 _CLIP_WARN_PX = 1.0
-
-
-@contextlib.contextmanager
-def stdout_to_log(log: logging.Logger = logger, level: int = logging.DEBUG) -> Iterator[None]:
-    """Captures what pycocotools prints and sends it to ``log`` instead of stdout."""
-    buf = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf):
-            yield
-    finally:
-        text = buf.getvalue().strip()
-        if text:
-            for line in text.splitlines():
-                log.log(level, "%s", line)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from ..modeling.preprocess import rescale_size
+
 __all__ = [
     "INSTANCE_KEYS",
     "rescale_size",
@@ -71,27 +73,6 @@ MMDET_CROP_PRE_SCALES: list[tuple[int, int]] = [(1333, 400), (1333, 500), (1333,
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def rescale_size(old_size: tuple[int, int], scale: Union[float, tuple[int, int]]) -> tuple[tuple[int, int], float]:
-    """mmcv's ``rescale_size``: ``old_size`` is (w, h); returns ((new_w, new_h), scale_factor).
-
-    With a tuple ``scale`` the order of its two numbers does not matter: the larger bounds the long
-    side, the smaller the short side. New sizes are ``int(x * s + 0.5)`` (at least 1 px here).
-    """
-    w, h = int(old_size[0]), int(old_size[1])
-    if w <= 0 or h <= 0:
-        raise ValueError(f"invalid image size (w={w}, h={h})")
-    if isinstance(scale, (int, float)):
-        s = float(scale)
-    else:
-        if len(scale) != 2:
-            raise ValueError(f"scale must be a number or a pair, got {scale!r}")
-        long_edge, short_edge = max(scale), min(scale)
-        s = min(long_edge / max(h, w), short_edge / min(h, w))
-    if s <= 0:
-        raise ValueError(f"invalid scale factor {s} from scale {scale!r}")
-    return (max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))), s
-
-
 def _hw(image: torch.Tensor) -> tuple[int, int]:
     return int(image.shape[-2]), int(image.shape[-1])
 

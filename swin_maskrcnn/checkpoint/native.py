@@ -11,14 +11,15 @@ Own format (``save_checkpoint``), a ``torch.save`` of a plain dict that loads wi
      "cat_id_to_label": {cat_id: label, ...},  # dataset category id -> contiguous label
      "global_step": int | None}
 
-A Lightning ``.ckpt`` written by :class:`~swin_maskrcnn.lightning_module.DetectionModule` carries
+A Lightning ``.ckpt`` written by :class:`~swin_maskrcnn.training.module.DetectionModule` carries
 the same metadata under the key ``"swin_maskrcnn"`` and the weights under ``state_dict`` with the
 prefix ``model.``; :func:`load_checkpoint` reads both, and also mmdet checkpoints (architecture
 inferred from the tensor shapes, no category mapping), so ``evaluate``/``predict`` need nothing else.
 
 Every write is atomic: the file is written next to the target, fsynced, then renamed over it, so a
-crash never leaves a truncated checkpoint in place of a good one (:class:`AtomicCheckpointIO` does
-the same for the Lightning checkpoints).
+crash never leaves a truncated checkpoint in place of a good one
+(:class:`swin_maskrcnn.training.checkpoint_io.AtomicCheckpointIO` does the same for Lightning's).
+This module imports no Lightning: loading weights for inference needs only torch.
 """
 from __future__ import annotations
 
@@ -28,12 +29,11 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 
-from .atomic_io import atomic_write
-from .config import ModelConfig
-from .mmdet_checkpoint import CheckpointError, class_names_from_meta, infer_model_config, load_state_dict_strict
+from ..io_utils import atomic_write
+from ..modeling.config import ModelConfig
+from .mmdet import CheckpointError, class_names_from_meta, infer_model_config, load_state_dict_strict
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ __all__ = [
     "read_checkpoint",
     "load_checkpoint",
     "atomic_torch_save",
-    "AtomicCheckpointIO",
 ]
 
 FORMAT = "swin_maskrcnn.checkpoint"
@@ -137,7 +136,7 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
         meta["global_step"] = obj.get("global_step", meta.get("global_step"))
         return sd, meta
     # mmdet (or a bare state_dict): architecture from shapes, no category mapping
-    from .mmdet_checkpoint import read_mmdet_checkpoint
+    from .mmdet import read_mmdet_checkpoint
 
     sd, mm_meta = read_mmdet_checkpoint(path)
     return sd, {
@@ -158,7 +157,7 @@ def load_checkpoint(
     ``model_overrides`` replace ModelConfig fields (e.g. ``roi={"score_thr": 0.3}``, merged into the
     section). ``meta`` gains ``label_to_cat_id`` (None when the mapping is unknown).
     """
-    from .model import SwinMaskRCNN  # local: keeps this module importable without building models
+    from ..modeling.detector import SwinMaskRCNN  # local: keeps this module importable without building models
 
     sd, meta = read_checkpoint(path)
     if meta["model_config"] is None:
@@ -183,14 +182,3 @@ def load_checkpoint(
     model.class_names = list(meta["class_names"])
     log.info("loaded %s (%s checkpoint, %s, %d classes)", path, meta["source"], cfg.variant, cfg.num_classes)
     return model.to(map_location).eval(), cfg, meta
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO writing local files atomically (temp file + fsync + rename)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: PathLike, storage_options: Optional[Any] = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} does not support storage_options, got {storage_options!r}")
-        if "://" in str(path):  # remote filesystem: Lightning's own writer
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_torch_save(checkpoint, path)

@@ -12,7 +12,7 @@ Parameter groups (mmengine ``DefaultOptimWrapperConstructor`` with the Swin conf
 * frozen parameters (``requires_grad=False``) are left out of the optimiser.
 
 The schedule is a ``LambdaLR`` stepped once per optimizer step (Lightning ``interval="step"``);
-:func:`lr_factor` is its closed form (see :class:`~swin_maskrcnn.train_config.OptimConfig`).
+:func:`lr_factor` is its closed form (see :class:`~swin_maskrcnn.training.config.OptimConfig`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .train_config import OptimConfig
+from .config import OptimConfig
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
                            [--max-dets 1 10 100] [--out metrics.json]
 
 More subcommands plug in without editing this file: a module listed in
-:data:`OPTIONAL_SUBCOMMANDS` (``swin_maskrcnn.demo``, ``swin_maskrcnn.predict``) that exists is
+:data:`OPTIONAL_SUBCOMMANDS` (``swin_maskrcnn.apps.demo``, ``swin_maskrcnn.predict``) that exists is
 imported and its ``register_subcommand(subparsers)`` is called; it adds its parser with
 ``set_defaults(func=handler)``, where ``handler(args) -> int`` returns the exit code.
 
@@ -23,12 +23,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .train_config import ConfigError
+from ..io_utils import json_ready
+from ..training.config import ConfigError
 
-log = logging.getLogger("swin_maskrcnn.cli")
+log = logging.getLogger("swin_maskrcnn.apps.cli")
 
 #: modules that may add a subcommand via ``register_subcommand(subparsers)``
-OPTIONAL_SUBCOMMANDS = ("swin_maskrcnn.demo", "swin_maskrcnn.predict")
+OPTIONAL_SUBCOMMANDS = ("swin_maskrcnn.apps.demo", "swin_maskrcnn.predict")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -59,14 +60,14 @@ def _add_train(sub: Any) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train_config import dump_config, load_config
+    from ..training.config import dump_config, load_config
 
     layers = ([args.losses] if args.losses else []) + list(args.layer)
     cfg = load_config(args.config, args.overrides, layers=layers)
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    from .train import train
+    from ..training.train import train
 
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -111,11 +112,11 @@ def _add_evaluate(sub: Any) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint_io import load_checkpoint
-    from .data.coco import CocoInstanceDataset
-    from .data.transforms import build_test_transforms
-    from .evaluation import evaluate_model, save_results_json
-    from .train_config import _atomic_write_text
+    from ..checkpoint.native import load_checkpoint
+    from ..data.coco import CocoInstanceDataset
+    from ..data.transforms import build_test_transforms
+    from ..evaluation import evaluate_model, save_results_json
+    from ..training.config import _atomic_write_text
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -152,7 +153,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     metrics = {"checkpoint": str(args.checkpoint), "ann": str(args.ann), **metrics}
     if args.out:
-        _atomic_write_text(Path(args.out), json.dumps(_json_ready(metrics), indent=1))
+        _atomic_write_text(Path(args.out), json.dumps(json_ready(metrics), indent=1))
         log.info("metrics written to %s", args.out)
     if args.results:
         save_results_json(results, args.results)
@@ -163,18 +164,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                   f"APs {m['APs']:.4f} APm {m['APm']:.4f} APl {m['APl']:.4f}")
     print(f"images {metrics['num_images']}, predictions/image above score_thr {metrics['mean_num_predictions']:.2f}")
     return 0
-
-
-def _json_ready(o: Any) -> Any:
-    import math
-
-    if isinstance(o, dict):
-        return {str(k): _json_ready(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_ready(v) for v in o]
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,14 +13,13 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .fpn import FPN
+from .backbone.fpn import FPN
 from .loss_weighting import UncertaintyWeighting
-from .data.transforms import Resize
-from .preprocess import ImageLike, normalize_and_pad, to_chw_255
-from .roi_head import RoIHead
+from .preprocess import ImageLike, normalize_and_pad, resize_keep_ratio, to_chw_255
+from .roi_heads.roi_head import RoIHead
 from .rpn import RPNHead
 from .sampler import ChoiceFn
-from .swin import SwinTransformer
+from .backbone.swin import SwinTransformer
 
 LossDict = dict[str, Tensor]
 
@@ -122,11 +121,7 @@ class SwinMaskRCNN(nn.Module):
             device = next(self.parameters()).device
             originals = [to_chw_255(im).to(device) for im in images]
             sizes = [(int(im.shape[1]), int(im.shape[2])) for im in originals]
-            if resize:
-                op = Resize(scale, keep_ratio=True)
-                inputs = [op(im.round().clamp(0, 255).to(torch.uint8))[0].as_subclass(torch.Tensor).float() for im in originals]
-            else:
-                inputs = originals
+            inputs = [resize_keep_ratio(im, scale) for im in originals] if resize else originals
             return self._detect(inputs, sizes)
         finally:
             self.train(was_training)

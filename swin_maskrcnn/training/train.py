@@ -41,16 +41,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .checkpoint_io import AtomicCheckpointIO, read_checkpoint, save_checkpoint
-from .data.coco import CocoInstanceDataset
-from .data.loader import AspectRatioGroupedBatchSampler, collate
-from .data.transforms import build_test_transforms, build_train_transforms
-from .lightning_module import BestCheckpoint, DetectionModule, PeriodicEvaluation
-from .mmdet_checkpoint import load_state_dict_strict
-from .backbone_weights import load_imagenet_backbone
-from .model import SwinMaskRCNN
+from ..checkpoint.native import read_checkpoint, save_checkpoint
+from .checkpoint_io import AtomicCheckpointIO
+from ..data.coco import CocoInstanceDataset
+from ..data.loader import AspectRatioGroupedBatchSampler, collate
+from ..data.transforms import build_test_transforms, build_train_transforms
+from .module import BestCheckpoint, DetectionModule, PeriodicEvaluation
+from ..checkpoint.mmdet import load_state_dict_strict
+from ..checkpoint.imagenet import load_imagenet_backbone
+from ..modeling.detector import SwinMaskRCNN
 from .monitoring import CollapseDetector, ProbeMonitor
-from .train_config import ConfigError, TrainConfig, check_num_classes, dump_config, save_config
+from .config import ConfigError, TrainConfig, check_num_classes, dump_config, save_config
 
 log = logging.getLogger(__name__)
 

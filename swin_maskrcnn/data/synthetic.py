@@ -28,7 +28,7 @@ the same arguments give byte-identical files.
 
 Command line::
 
-    python -m swin_maskrcnn.synthetic --out data/shapes --train 400 --val 100 --size 128 --seed 0
+    python -m swin_maskrcnn.data.synthetic --out data/shapes --train 400 --val 100 --size 128 --seed 0
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .atomic_io import atomic_write
+from ..io_utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -494,7 +494,7 @@ def _parse_size(text: str) -> ImageSize:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m swin_maskrcnn.synthetic",
+        prog="python -m swin_maskrcnn.data.synthetic",
         description="Generate a synthetic COCO instance-segmentation dataset of textured, occluding shapes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

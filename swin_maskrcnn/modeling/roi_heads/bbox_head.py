@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from .box_coder import DeltaXYWHBBoxCoder
-from .config import LossConfig
-from .losses import box_regression_loss, sigmoid_focal, softmax_ce
+from ..box_coder import DeltaXYWHBBoxCoder
+from ..config import LossConfig
+from ..losses import box_regression_loss, sigmoid_focal, softmax_ce
 
 
 class BBoxHead(nn.Module):

@@ -2,7 +2,7 @@
 
 A training run is described by one :class:`TrainConfig` with the sections
 
-* ``model``   -- :class:`~swin_maskrcnn.config.ModelConfig` (architecture, heads, ``losses``),
+* ``model``   -- :class:`~swin_maskrcnn.modeling.config.ModelConfig` (architecture, heads, ``losses``),
 * ``data``    -- annotation files, image folders, pipeline, batching, data-order seed,
 * ``optim``   -- optimiser, parameter-wise weight decay, warmup and lr schedule (in optimizer steps),
 * ``runtime`` -- devices/strategy/precision, validation, checkpoints, logging, probe, collapse alarm,
@@ -43,8 +43,8 @@ from typing import Any, Iterable, Literal, Optional, Sequence, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .atomic_io import atomic_write
-from .config import ModelConfig, StrictModel
+from ..io_utils import atomic_write
+from ..modeling.config import ModelConfig, StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class InitConfig(StrictModel):
         description=(
             "ImageNet Swin weights for the backbone, as mmdet's recipes start: an original-repo file "
             "(swin_tiny_patch4_window7_224.pth, {'model': ...}) or a torchvision swin_t/s/b state_dict; "
-            "renamed and patch-merging-permuted on load (swin_maskrcnn.backbone_weights)"
+            "renamed and patch-merging-permuted on load (swin_maskrcnn.checkpoint.imagenet)"
         ),
     )
 

@@ -2,9 +2,9 @@
 
 :func:`run_demo` (CLI: ``swin-maskrcnn demo [--out DIR] [--steps N] [--seed S]``)
 
-1. generates a synthetic instance-segmentation dataset (:mod:`swin_maskrcnn.synthetic`: textured,
+1. generates a synthetic instance-segmentation dataset (:mod:`swin_maskrcnn.data.synthetic`: textured,
    occluding shapes of five classes) with a training split and a held-out ``val`` split,
-2. trains a small Swin Mask R-CNN from scratch on the CPU with :func:`swin_maskrcnn.train.train`
+2. trains a small Swin Mask R-CNN from scratch on the CPU with :func:`swin_maskrcnn.training.train.train`
    (recipe: ``configs/demo.yaml``; a fixed step count, so a run is reproducible),
 3. evaluates the final weights on the whole held-out split with COCOeval
    (:func:`swin_maskrcnn.evaluation.evaluate_model`),
@@ -17,7 +17,7 @@ else (logging, Lightning's progress bar) goes to stderr.
 
 ``configs/demo.yaml`` is a normal training config plus a ``demo:`` section (dataset size, image
 size, number of overlays) that :func:`run_demo` removes before validating the rest as a
-:class:`~swin_maskrcnn.train_config.TrainConfig`. The ``data.*`` paths, ``runtime.out_dir`` /
+:class:`~swin_maskrcnn.training.config.TrainConfig`. The ``data.*`` paths, ``runtime.out_dir`` /
 ``run_name`` and the seeds are set by :func:`run_demo`.
 
 Output folder::
@@ -60,11 +60,12 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
 
 def default_config_path() -> Path:
     """``configs/demo.yaml``: packaged copy (``swin_maskrcnn/configs``) first, else the repository's."""
-    here = Path(__file__).resolve().parent
-    for cand in (here / "configs" / CONFIG_NAME, here.parent / "configs" / CONFIG_NAME):
+    package = Path(__file__).resolve().parent.parent
+    candidates = (package / "configs" / CONFIG_NAME, package.parent / "configs" / CONFIG_NAME)
+    for cand in candidates:
         if cand.is_file():
             return cand
-    raise FileNotFoundError(f"{CONFIG_NAME} not found in {here / 'configs'} or {here.parent / 'configs'}")
+    raise FileNotFoundError(f"{CONFIG_NAME} not found in {candidates[0].parent} or {candidates[1].parent}")
 
 
 #: the kernel's run-queue figures; field 4 is "runnable/total" scheduling entities right now
@@ -142,7 +143,7 @@ def _dataset_matches(data_dir: Path, counts: dict[str, int], image_size: Any, se
 
 
 def _generate_data(data_dir: Path, demo: dict[str, Any], seed: int) -> dict[str, Any]:
-    from .synthetic import ShapeParams, generate_dataset
+    from ..data.synthetic import ShapeParams, generate_dataset
 
     counts = {"train": int(demo["train_images"]), "val": int(demo["val_images"])}
     size = demo["image_size"]
@@ -180,7 +181,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
 
 def _load_recipe(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(raw training config mapping, demo section with defaults) of the recipe file."""
-    from .train_config import ConfigError, load_yaml
+    from ..training.config import ConfigError, load_yaml
 
     raw = load_yaml(path)
     demo = {**DEMO_DEFAULTS, **(raw.pop("demo", None) or {})}
@@ -193,7 +194,7 @@ def _load_recipe(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def _finish_recipe(raw: dict[str, Any], demo: dict[str, Any], path_hint: str, out_dir: Path, data: dict[str, Any],
                    seed: int, steps: Optional[int], progress: bool, overrides: Sequence[str]) -> Any:
     """Validated TrainConfig: the recipe with the demo's paths, seeds, step count and overrides."""
-    from .train_config import apply_overrides, config_from_dict
+    from ..training.config import apply_overrides, config_from_dict
 
     raw = apply_overrides(raw, [
         f"data.train_ann={data['train_ann']}", f"data.train_images={data['train_images']}",
@@ -209,7 +210,7 @@ def _finish_recipe(raw: dict[str, Any], demo: dict[str, Any], path_hint: str, ou
     runtime = raw.setdefault("runtime", {})
     if steps is not None:
         if steps < 1:
-            from .train_config import ConfigError
+            from ..training.config import ConfigError
 
             raise ConfigError(f"--steps must be >= 1, got {steps}")
         base_steps = int(optim.get("max_steps", steps))
@@ -440,16 +441,16 @@ def run_demo(
     that takes longer logs a warning and reports ``within_budget: False``.
 
     Returns ``box_ap``, ``mask_ap`` (held-out COCO AP), ``metrics`` (full COCOeval figures),
-    ``overlays`` and ``plot`` (paths), ``run_dir``, ``summary`` (of :func:`~swin_maskrcnn.train.train`),
+    ``overlays`` and ``plot`` (paths), ``run_dir``, ``summary`` (of :func:`~swin_maskrcnn.training.train.train`),
     ``steps``, ``timings`` (seconds per phase), ``within_budget``.
     """
     t_start, cpu_start = time.time(), time.process_time()
     import torch
 
-    from .data.coco import CocoInstanceDataset
-    from .data.transforms import build_test_transforms
-    from .evaluation import evaluate_model
-    from .train import train
+    from ..data.coco import CocoInstanceDataset
+    from ..data.transforms import build_test_transforms
+    from ..evaluation import evaluate_model
+    from ..training.train import train
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -476,7 +477,7 @@ def run_demo(
         train_s = time.time() - t_train
 
         t_eval = time.time()
-        from .checkpoint_io import load_checkpoint
+        from ..checkpoint.native import load_checkpoint
 
         model, _, _ = load_checkpoint(summary["final_model"])
         test_scale = None if cfg.data.test_scale is None else tuple(cfg.data.test_scale)
@@ -525,7 +526,7 @@ def run_demo(
 
 
 # ------------------------------------------------------------------------------------------------
-# command line (plugged into swin_maskrcnn.cli)
+# command line (plugged into swin_maskrcnn.apps.cli)
 # ------------------------------------------------------------------------------------------------
 def register_subcommand(sub: Any) -> None:
     p = sub.add_parser(

@@ -1,4 +1,4 @@
-"""Lightning wrapper of :class:`~swin_maskrcnn.model.SwinMaskRCNN` and the step-based validation.
+"""Lightning wrapper of :class:`~swin_maskrcnn.modeling.detector.SwinMaskRCNN` and the step-based validation.
 
 ``DetectionModule`` owns the detector (``self.model``), the optimiser and the schedule. Lightning
 does everything else: device placement, DDP, precision, accumulation, gradient clipping
@@ -37,11 +37,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from .checkpoint_io import META_KEY, build_meta
-from .evaluation import evaluate_model, flatten_metrics
-from .model import SwinMaskRCNN
+from ..checkpoint.native import META_KEY, build_meta
+from ..io_utils import json_ready
+from ..evaluation import evaluate_model, flatten_metrics
+from ..modeling.detector import SwinMaskRCNN
 from .optim import build_optimizer, build_scheduler
-from .train_config import TrainConfig
+from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class PeriodicEvaluation(L.Callback):
             flat["num_images"] = float(metrics["num_images"])
             if self.out_dir is not None:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
-                record = _json_safe({"step": step, **metrics})
+                record = json_ready({"step": step, **metrics})
                 with open(self.out_dir / f"step_{step:07d}.json", "w", encoding="utf-8") as f:
                     json.dump(record, f, indent=1)
             log.info(
@@ -244,19 +245,6 @@ class PeriodicEvaluation(L.Callback):
         self.last_eval_step = int(state_dict.get("last_eval_step", -1))
         self.history = [(int(s), dict(m)) for s, m in state_dict.get("history", [])]
         self.last_metrics = self.history[-1][1] if self.history else None
-
-
-def _json_safe(o: Any) -> Any:
-    """Plain JSON types; NaN (per-class AP without ground truth) becomes null."""
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, Tensor):
-        return _json_safe(o.tolist())
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
 
 
 class BestCheckpoint(ModelCheckpoint):

@@ -90,7 +90,7 @@ class CollapseDetector:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "CollapseDetector":
-        """From a :class:`~swin_maskrcnn.train_config.CollapseConfig`."""
+        """From a :class:`~swin_maskrcnn.training.config.CollapseConfig`."""
         return cls(
             loss_window=cfg.loss_window,
             min_relative_drop=cfg.min_relative_drop,

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .assigner import MaxIoUAssigner
+from ..assigner import MaxIoUAssigner
 from .bbox_head import BBoxHead
-from .config import ModelConfig
+from ..config import ModelConfig
 from .mask_head import MaskHead, paste_masks
 from .roi_extractor import RoIExtractor, boxes_to_rois
-from .sampler import ChoiceFn, RandomSampler, SamplingResult
+from ..sampler import ChoiceFn, RandomSampler, SamplingResult
 
 ROI_STRIDES = [4, 8, 16, 32]
 

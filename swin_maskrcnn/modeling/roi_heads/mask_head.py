@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from .config import LossConfig
-from .fpn import ConvWrap
-from .losses import sigmoid_bce
+from ..config import LossConfig
+from ..layers import ConvWrap
+from ..losses import sigmoid_bce
 
 
 class MaskHead(nn.Module):

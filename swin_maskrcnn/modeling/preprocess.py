@@ -1,6 +1,7 @@
-"""Image preprocessing inside the model: input conversion, mmdet's normalisation and batching
-(pad bottom/right with zeros AFTER normalisation, to a multiple of 32). Resizing is a data transform
-(``data.transforms.Resize``), also used by ``SwinMaskRCNN.predict``.
+"""Image preprocessing inside the model: input conversion, mmdet's test-time resize (keep-ratio with
+mmcv's rounding), normalisation and batching (pad bottom/right with zeros AFTER normalisation, to a
+multiple of 32). The data pipeline's ``Resize`` uses the same :func:`rescale_size`, so training,
+evaluation and ``predict`` size images identically.
 """
 from __future__ import annotations
 
@@ -9,8 +10,44 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 from torch import Tensor
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 ImageLike = Union[np.ndarray, Tensor]
+
+
+def rescale_size(old_size: tuple[int, int], scale: Union[float, tuple[int, int]]) -> tuple[tuple[int, int], float]:
+    """mmcv's ``rescale_size``: ``old_size`` is (w, h); returns ((new_w, new_h), scale_factor).
+
+    With a tuple ``scale`` the order of its two numbers does not matter: the larger bounds the long
+    side, the smaller the short side. New sizes are ``int(x * s + 0.5)`` (at least 1 px here).
+    """
+    w, h = int(old_size[0]), int(old_size[1])
+    if w <= 0 or h <= 0:
+        raise ValueError(f"invalid image size (w={w}, h={h})")
+    if isinstance(scale, (int, float)):
+        s = float(scale)
+    else:
+        if len(scale) != 2:
+            raise ValueError(f"scale must be a number or a pair, got {scale!r}")
+        long_edge, short_edge = max(scale), min(scale)
+        s = min(long_edge / max(h, w), short_edge / min(h, w))
+    if s <= 0:
+        raise ValueError(f"invalid scale factor {s} from scale {scale!r}")
+    return (max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))), s
+
+
+def resize_keep_ratio(image_255: Tensor, scale: tuple[int, int]) -> Tensor:
+    """mmdet's test ``Resize(scale, keep_ratio=True)`` of one (3, H, W) 0..255 image.
+
+    Like mmdet's pipeline it resizes the uint8 image (bilinear, no antialias) and returns float32.
+    """
+    h, w = int(image_255.shape[1]), int(image_255.shape[2])
+    (nw, nh), _ = rescale_size((w, h), scale)
+    as_uint8 = image_255.round().clamp(0, 255).to(torch.uint8)
+    if (nh, nw) == (h, w):
+        return as_uint8.float()
+    return TF.resize(as_uint8, [nh, nw], interpolation=InterpolationMode.BILINEAR, antialias=False).float()
 
 
 def to_chw_255(image: ImageLike) -> Tensor:

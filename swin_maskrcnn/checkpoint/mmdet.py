@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-from .config import SWIN_VARIANTS, LossConfig, ModelConfig
+from ..modeling.config import SWIN_VARIANTS, LossConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = 
     ``cfg_overrides`` set other ModelConfig fields (e.g. ``roi={"score_thr": 0.3}``).
     ``model.class_names`` holds the checkpoint's class names when it stores them.
     """
-    from .model import SwinMaskRCNN  # local import: model imports nothing from here
+    from ..modeling.detector import SwinMaskRCNN  # local import: model imports nothing from here
 
     sd, meta = read_mmdet_checkpoint(path)
     cfg = infer_model_config(sd, **cfg_overrides)

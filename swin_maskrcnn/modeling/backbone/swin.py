@@ -23,7 +23,7 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from swin_maskrcnn.config import ModelConfig
+    from ..config import ModelConfig
 
 # Value mmdet (and the original Swin) adds to attention logits between tokens of different regions.
 SHIFT_MASK_VALUE = -100.0
@@ -377,7 +377,7 @@ class SwinTransformer(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: "ModelConfig") -> "SwinTransformer":
-        """Build the backbone described by a :class:`~swin_maskrcnn.config.ModelConfig`."""
+        """Build the backbone described by a :class:`~swin_maskrcnn.modeling.config.ModelConfig`."""
         return cls(
             embed_dims=cfg.resolved_embed_dims(),
             depths=cfg.resolved_depths(),

@@ -1,0 +1,1 @@
+"""Backbone (Swin Transformer) and neck (FPN)."""

@@ -1,0 +1,1 @@
+"""Training: the config schema, the Lightning module, optimiser and schedule, monitoring, the train loop."""
