@@ -202,11 +202,21 @@ def test_training_losses_and_sampling(fx):
     targets = [
         dict(boxes=g["bboxes"], labels=g["labels"], masks=g["masks"].to(torch.uint8)) for g in tr["gt_instances"]
     ]
-    # Training proposals equal mmdet's (nms_pre 2000 / max 1000).
+    # Training proposals (nms_pre 2000 / max 1000) from mmdet's own RPN outputs equal mmdet's exactly:
+    # this pins the proposal logic (decode, clip, min size, NMS, top-k) free of float noise.
+    fpn, _, shapes = _proposals(m, out, training=True)
+    with torch.no_grad():
+        exact = m.rpn_head.proposals(out["rpn_head_outs"]["cls_scores"], out["rpn_head_outs"]["bbox_preds"],
+                                     m.rpn_head.anchors(fpn), shapes, training=True)
+    for ours, ref in zip(exact, tr["rpn_proposals"]):
+        assert ours.shape[0] == ref["bboxes"].shape[0]
+        assert _max_diff(ours[:, :4], ref["bboxes"]) == 0.0
+    # From our own features (RPN logits within ~4e-6 of mmdet's, machine-dependent last bits) a
+    # near-tie at the 1000-proposal cut or at NMS's IoU threshold may swap or replace a few rows.
     _, props, _ = _proposals(m, out, training=True)
     for ours, ref in zip(props, tr["rpn_proposals"]):
         assert ours.shape[0] == ref["bboxes"].shape[0]
-        _assert_same_boxes(ours[:, :4], ref["bboxes"], exact_order="tiny" in path.name)
+        _assert_same_boxes(ours[:, :4], ref["bboxes"], exact_order=False)
     # RoI sampling on mmdet's own proposals: GT prepended, same indices.
     for s in tr["sampling"]:
         if s["stage"] != "rcnn" or "tiny" not in path.name:
