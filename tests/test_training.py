@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,9 @@ from swin_maskrcnn.modeling.config import tiny_model_config
 from swin_maskrcnn.evaluation import evaluate_model
 from swin_maskrcnn.training.monitoring import CollapseDetector
 from swin_maskrcnn.training.optim import lr_factor
-from swin_maskrcnn.training.train import RunBatchSampler, SeededSamples, sample_seed, train
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from swin_maskrcnn.training.train import RunBatchSampler, SeededSamples, build_loggers, sample_seed, train
 from swin_maskrcnn.training.config import TrainConfig, config_from_dict
 
 STEPS = 50
@@ -239,6 +242,20 @@ def test_keep_last_checkpoints_removes_older_periodic_ones(tiny_data, tmp_path):
     ckpts = Path(s["run_dir"]) / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("step_*.ckpt")) == ["step_0000015.ckpt", "step_0000020.ckpt"]
     assert (ckpts / "last.ckpt").exists() and (ckpts / "best.ckpt").is_file()
+
+
+def test_tensorboard_is_optional(tiny_data, tmp_path, monkeypatch):
+    """With tensorboard installed both loggers are built; without it training logs to CSV only."""
+    assert [type(x) for x in build_loggers(tmp_path / "with")] == [TensorBoardLogger, CSVLogger]
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard now fails: as if not installed
+    assert [type(x) for x in build_loggers(tmp_path / "without")] == [CSVLogger]
+    ann, imgs = tiny_data
+    cfg = tiny_train_config(ann, imgs, tmp_path, "no_tb", max_steps=3, val_every_n_steps=10_000,
+                            checkpoint_every_n_steps=10_000, probe_every_n_steps=0)
+    s = train(cfg)
+    run = Path(s["run_dir"])
+    assert s["global_step"] == 3 and not (run / "tensorboard").exists()
+    assert sorted(losses_by_step(read_metrics_csv(run))) == [1, 2, 3]
 
 
 def test_without_max_minutes_the_run_is_not_stopped_by_time(full_run):

@@ -5,10 +5,11 @@
     swin-maskrcnn evaluate --checkpoint runs/x/checkpoints/best.ckpt --ann val.json --images val/
                            [--max-dets 1 10 100] [--out metrics.json]
 
-More subcommands plug in without editing this file: a module listed in
-:data:`OPTIONAL_SUBCOMMANDS` (``swin_maskrcnn.apps.demo``, ``swin_maskrcnn.predict``) that exists is
-imported and its ``register_subcommand(subparsers)`` is called; it adds its parser with
-``set_defaults(func=handler)``, where ``handler(args) -> int`` returns the exit code.
+    swin-maskrcnn demo [--out demo_out]
+
+Each subcommand adds its parser with ``set_defaults(func=handler)``, where ``handler(args) -> int``
+returns the exit code; ``demo`` registers itself from ``swin_maskrcnn.apps.demo``
+(``register_subcommand(subparsers)``).
 
 Library code logs through ``logging``; this module configures it (``--log-level``) and prints the
 final metrics.
@@ -16,21 +17,17 @@ final metrics.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ..io_utils import json_ready
+from . import demo
 from ..training.config import ConfigError
 
 log = logging.getLogger("swin_maskrcnn.apps.cli")
-
-#: modules that may add a subcommand via ``register_subcommand(subparsers)``
-OPTIONAL_SUBCOMMANDS = ("swin_maskrcnn.apps.demo", "swin_maskrcnn.predict")
-
 
 # ------------------------------------------------------------------------------------------------
 # train
@@ -169,20 +166,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------------
-def _register_optional(sub: Any) -> None:
-    for name in OPTIONAL_SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        register: Optional[Callable[[Any], None]] = getattr(mod, "register_subcommand", None)
-        if register is None:
-            raise AttributeError(f"{name} is listed as a CLI subcommand module but has no register_subcommand()")
-        register(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swin-maskrcnn",
@@ -193,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_evaluate(sub)
-    _register_optional(sub)
+    demo.register_subcommand(sub)
     return parser
 
 

@@ -5,8 +5,8 @@ Run layout (``runtime.out_dir/run_name``)::
     config.yaml                 resolved config (config-resume-<time>.yaml when a resume changed it)
     checkpoints/step_XXXXXXX.ckpt, last.ckpt, best.ckpt   Lightning checkpoints (carry our metadata)
     model_final.pt              final weights in our own format (checkpoint_io)
-    tensorboard/version_N/      TensorBoard logs
-    csv/version_N/metrics.csv   the same scalars as CSV
+    csv/version_N/metrics.csv   every logged scalar as CSV
+    tensorboard/version_N/      the same scalars for TensorBoard, when ``tensorboard`` is installed
     val/step_XXXXXXX.json       every validation: all metrics incl. per-class AP
 
 Data order. Training is iteration based: Lightning runs ONE epoch of ``max_steps x
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import logging
 import math
 import os
@@ -38,7 +39,7 @@ from typing import Any, Iterator, Optional, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..checkpoint.native import read_checkpoint, save_checkpoint
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "train",
+    "build_loggers",
     "sample_seed",
     "SeededSamples",
     "RunBatchSampler",
@@ -321,6 +323,20 @@ def _write_config(cfg: TrainConfig, run_dir: Path) -> Path:
 # ------------------------------------------------------------------------------------------------
 # train
 # ------------------------------------------------------------------------------------------------
+def build_loggers(run_dir: Path) -> list[Logger]:
+    """CSV always (the demo and the tests read it); TensorBoard as well when ``tensorboard`` is installed.
+
+    TensorBoard is an optional extra (``pip install 'swin-maskrcnn[tensorboard]'``), so training runs
+    on an install without it and the run folder then has ``csv/`` only.
+    """
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv")]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.insert(0, TensorBoardLogger(save_dir=str(run_dir), name="tensorboard"))
+    else:
+        log.info("tensorboard is not installed: logging to %s only", Path(run_dir) / "csv")
+    return loggers
+
+
 def train(cfg: TrainConfig, resume: Optional[str] = None, name_hint: Optional[str] = None) -> dict[str, Any]:
     """Train as configured; ``resume`` is a Lightning ``.ckpt`` of an earlier run of this config.
 
@@ -382,7 +398,7 @@ def _train(cfg: TrainConfig, resume: Optional[str], run_dir: Path, t0: float) ->
         best = BestCheckpoint(evaluation, dirpath=ckpt_dir, filename="best", auto_insert_metric_name=False,
                               monitor="val/segm_AP", mode="max", save_top_k=1, enable_version_counter=False)
         callbacks.append(best)
-    loggers = [TensorBoardLogger(save_dir=str(run_dir), name="tensorboard"), CSVLogger(save_dir=str(run_dir), name="csv")]
+    loggers = build_loggers(run_dir)
 
     trainer = L.Trainer(
         accelerator=rt.accelerator,
