@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def test_help(capsys):
         assert flag in out
     out = _help(["evaluate", "--help"], capsys)
     for flag in ("--checkpoint", "--ann", "--images", "--max-dets", "--out", "--results", "--batch-size",
-                 "--max-images", "--device", "--scale", "--no-resize", "--score-thr"):
+                 "--max-images", "--device", "--scale", "--no-resize", "--score-thr", "--max-per-img"):
         assert flag in out
 
 
@@ -52,7 +53,7 @@ def test_print_config_and_config_errors(capsys):
     assert "optim.lrr" in capsys.readouterr().err
 
 
-def test_train_then_evaluate(tmp_path, capsys):
+def test_train_then_evaluate(tmp_path, capsys, caplog):
     ann, imgs = make_tiny_coco(tmp_path / "data", n_images=4)
     cfg = tiny_train_config(ann, imgs, tmp_path / "runs", "cli", max_steps=2, val_every_n_steps=2,
                             checkpoint_every_n_steps=1, probe_every_n_steps=1)
@@ -79,6 +80,26 @@ def test_train_then_evaluate(tmp_path, capsys):
             assert set(metrics[t]["per_class_AP"]) == {"rect", "ellipse"}
         assert metrics["num_images"] == 4
         assert isinstance(json.loads(res.read_text()), list)
+
+    # --max-dets above the model's max_per_img (20 here) warns; --max-per-img raises the cap
+    def per_image_max(path: Path) -> int:
+        from collections import Counter
+
+        return max(Counter(r["image_id"] for r in json.loads(path.read_text())).values())
+
+    base = ["evaluate", "--checkpoint", summary["final_model"], "--ann", str(ann), "--images", str(imgs),
+            "--results", str(res), "--max-dets", "1", "10", "100", "--no-progress", "--device", "cpu",
+            "--score-thr", "0.0"]
+    with caplog.at_level(logging.WARNING, logger="swin_maskrcnn.apps.cli"):
+        assert main(base) == 0
+    assert "--max-dets 100 exceeds the model's max_per_img 20" in caplog.text
+    assert per_image_max(res) == 20
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="swin_maskrcnn.apps.cli"):
+        assert main(base + ["--max-per-img", "100"]) == 0
+    assert "exceeds" not in caplog.text
+    assert 20 < per_image_max(res) <= 100
+    capsys.readouterr()
 
     # a json whose categories differ from the checkpoint's is refused with both numbers
     other = json.loads(Path(ann).read_text())

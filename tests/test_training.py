@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from swin_maskrcnn.checkpoint.native import load_checkpoint, read_checkpoint, save_checkpoint
+from swin_maskrcnn.checkpoint.loader import load_checkpoint, read_checkpoint
+from swin_maskrcnn.checkpoint.native import save_checkpoint
 from swin_maskrcnn.modeling.config import tiny_model_config
 from swin_maskrcnn.evaluation import evaluate_model
 from swin_maskrcnn.training.monitoring import CollapseDetector

@@ -5,11 +5,13 @@
     swin-maskrcnn evaluate --checkpoint runs/x/checkpoints/best.ckpt --ann val.json --images val/
                            [--max-dets 1 10 100] [--out metrics.json]
 
+    swin-maskrcnn predict --checkpoint CKPT --out preds.json [--viz DIR] IMAGE_OR_DIR...
+    swin-maskrcnn export --format safetensors --checkpoint CKPT --out model.safetensors
     swin-maskrcnn demo [--out demo_out]
 
 Each subcommand adds its parser with ``set_defaults(func=handler)``, where ``handler(args) -> int``
-returns the exit code; ``demo`` registers itself from ``swin_maskrcnn.apps.demo``
-(``register_subcommand(subparsers)``).
+returns the exit code; ``predict``, ``export`` and ``demo`` register themselves from their modules in
+``swin_maskrcnn.apps`` (``register_subcommand(subparsers)``).
 
 Library code logs through ``logging``; this module configures it (``--log-level``) and prints the
 final metrics.
@@ -24,10 +26,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..io_utils import json_ready
-from . import demo
+from . import demo, export
 from ..training.config import ConfigError
 
 log = logging.getLogger("swin_maskrcnn.apps.cli")
+
 
 # ------------------------------------------------------------------------------------------------
 # train
@@ -102,6 +105,9 @@ def _add_evaluate(sub: Any) -> None:
                    help="test resize (default: the checkpoint's data.test_scale, else 1333 800)")
     p.add_argument("--no-resize", action="store_true", help="feed images at their own size")
     p.add_argument("--score-thr", type=float, default=None, help="override the model's score threshold")
+    p.add_argument("--max-per-img", type=int, default=None,
+                   help="detections per image (default: the checkpoint's roi.max_per_img); set it to at least "
+                        "the largest --max-dets")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -109,7 +115,7 @@ def _add_evaluate(sub: Any) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoint.native import load_checkpoint
+    from ..checkpoint.loader import load_checkpoint
     from ..data.coco import CocoInstanceDataset
     from ..data.transforms import build_test_transforms
     from ..evaluation import evaluate_model, save_results_json
@@ -119,9 +125,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_images is not None and args.max_images < 1:
         raise ConfigError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.max_per_img is not None and args.max_per_img < 1:
+        raise ConfigError(f"--max-per-img must be >= 1, got {args.max_per_img}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    overrides = {} if args.score_thr is None else {"roi": {"score_thr": args.score_thr}}
-    model, cfg, meta = load_checkpoint(args.checkpoint, map_location=device, **overrides)
+    roi = {k: v for k, v in (("score_thr", args.score_thr), ("max_per_img", args.max_per_img)) if v is not None}
+    model, cfg, meta = load_checkpoint(args.checkpoint, map_location=device, **({"roi": roi} if roi else {}))
+    if max(args.max_dets) > cfg.roi.max_per_img:
+        log.warning("--max-dets %d exceeds the model's max_per_img %d: AP at %d detections is computed from at most "
+                    "%d per image; pass --max-per-img %d", max(args.max_dets), cfg.roi.max_per_img,
+                    max(args.max_dets), cfg.roi.max_per_img, max(args.max_dets))
 
     if args.no_resize:
         scale = None
@@ -169,13 +181,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swin-maskrcnn",
-        description="Swin Transformer Mask R-CNN (mmdetection 3.3 semantics): train and evaluate.",
+        description="Swin Transformer Mask R-CNN (mmdetection 3.3 semantics): train, evaluate, predict, export.",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging level of the library and Lightning")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    export.register_subcommand(sub)
     demo.register_subcommand(sub)
     return parser
 

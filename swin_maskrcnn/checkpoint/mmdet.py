@@ -4,25 +4,21 @@ Our module names equal mmdet's, and our patch merging uses mmdet's ``nn.Unfold``
 published mmdet checkpoints load key for key with no value permutation. The architecture (Swin
 width, depths, heads, window; FPN, RoI and mask widths; class count) is read from tensor shapes, so
 T, S, B and narrowed models all load. Any key that cannot be placed, or any missing key, is an error
-listing the keys.
+listing the keys. Files are read by :mod:`.safe_load`; :func:`.loader.load_model` builds the model.
 """
 from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from ..modeling.config import SWIN_VARIANTS, LossConfig, ModelConfig
+from .safe_load import CheckpointError
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the model; the message names the file and the keys."""
 
 
 def _strip_prefix(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -107,21 +103,14 @@ def load_state_dict_strict(model: torch.nn.Module, sd: Mapping[str, Tensor], sou
     model.load_state_dict(sd, strict=True)
 
 
-def read_mmdet_checkpoint(path: Union[str, Path]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(state_dict, meta) of an mmdet checkpoint file, read with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True): {e}") from e
+def mmdet_state_dict(obj: Any, source: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(state_dict, meta) of a loaded mmdet checkpoint ``{'state_dict', 'meta'}`` or a bare state_dict."""
     if isinstance(obj, Mapping) and "state_dict" in obj:
         sd, meta = obj["state_dict"], obj.get("meta") or {}
-    elif isinstance(obj, Mapping) and all(isinstance(v, Tensor) for v in obj.values()):
+    elif isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         sd, meta = obj, {}
     else:
-        raise CheckpointError(f"{path}: expected {{'state_dict', 'meta'}} or a plain state_dict")
+        raise CheckpointError(f"{source}: expected {{'state_dict', 'meta'}} or a plain state_dict")
     return _strip_prefix(sd), dict(meta) if isinstance(meta, Mapping) else {}
 
 
@@ -133,21 +122,3 @@ def class_names_from_meta(meta: Mapping[str, Any]) -> Optional[list[str]]:
     if meta.get("CLASSES") is not None:
         return list(meta["CLASSES"])
     return None
-
-
-def load_model(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu", **cfg_overrides: Any):
-    """An ``SwinMaskRCNN`` with the weights of an mmdet checkpoint, in eval mode.
-
-    The variant (T/S/B or custom widths) and class count come from the tensor shapes;
-    ``cfg_overrides`` set other ModelConfig fields (e.g. ``roi={"score_thr": 0.3}``).
-    ``model.class_names`` holds the checkpoint's class names when it stores them.
-    """
-    from ..modeling.detector import SwinMaskRCNN  # local import: model imports nothing from here
-
-    sd, meta = read_mmdet_checkpoint(path)
-    cfg = infer_model_config(sd, **cfg_overrides)
-    model = SwinMaskRCNN(cfg)
-    load_state_dict_strict(model, sd, source=str(path))
-    model.class_names = class_names_from_meta(meta)
-    log.info("loaded %s: %s, %d classes", path, cfg.variant, cfg.num_classes)
-    return model.to(map_location).eval()

@@ -1,4 +1,4 @@
-"""Our checkpoint format, and reading every checkpoint a user may hold.
+"""Our checkpoint formats (writing; :mod:`.loader` reads every format).
 
 Own format (``save_checkpoint``), a ``torch.save`` of a plain dict that loads with
 ``torch.load(weights_only=True)``::
@@ -13,8 +13,10 @@ Own format (``save_checkpoint``), a ``torch.save`` of a plain dict that loads wi
 
 A Lightning ``.ckpt`` written by :class:`~swin_maskrcnn.training.module.DetectionModule` carries
 the same metadata under the key ``"swin_maskrcnn"`` and the weights under ``state_dict`` with the
-prefix ``model.``; :func:`load_checkpoint` reads both, and also mmdet checkpoints (architecture
-inferred from the tensor shapes, no category mapping), so ``evaluate``/``predict`` need nothing else.
+prefix ``model.``.
+
+``save_safetensors`` writes the same weights as a ``.safetensors`` file (no pickle at all) with the
+metadata as JSON strings under the same keys (``format`` = ``swin_maskrcnn.safetensors``).
 
 Every write is atomic: the file is written next to the target, fsynced, then renamed over it, so a
 crash never leaves a truncated checkpoint in place of a good one
@@ -23,17 +25,18 @@ This module imports no Lightning: loading weights for inference needs only torch
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..io_utils import atomic_write
 from ..modeling.config import ModelConfig
-from .mmdet import CheckpointError, class_names_from_meta, infer_model_config, load_state_dict_strict
+from .safe_load import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +46,19 @@ __all__ = [
     "CheckpointError",
     "build_meta",
     "save_checkpoint",
-    "read_checkpoint",
-    "load_checkpoint",
+    "save_safetensors",
     "atomic_torch_save",
+    "SAFETENSORS_FORMAT",
 ]
 
 FORMAT = "swin_maskrcnn.checkpoint"
 VERSION = 1
+#: ``format`` entry of our safetensors metadata
+SAFETENSORS_FORMAT = "swin_maskrcnn.safetensors"
 #: key of our metadata inside a Lightning checkpoint
 META_KEY = "swin_maskrcnn"
-_LIGHTNING_PREFIX = "model."
+#: prefix of the SwinMaskRCNN weights inside a Lightning checkpoint's state_dict
+LIGHTNING_PREFIX = "model."
 
 PathLike = Union[str, os.PathLike]
 
@@ -105,80 +111,26 @@ def save_checkpoint(
     return out
 
 
-def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(state_dict in SwinMaskRCNN key layout, meta) of any supported checkpoint.
+def save_safetensors(path: PathLike, model: nn.Module, meta: Mapping[str, Any]) -> Path:
+    """Write ``model``'s weights as safetensors with ``meta`` (a :func:`build_meta` dict) as metadata.
 
-    ``meta`` has ``source`` ("native", "lightning" or "mmdet"), ``model_config`` (dict or None for
-    mmdet), ``train_config``, ``class_names`` (may be None for mmdet), ``cat_id_to_label`` (None when
-    unknown) and ``global_step``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised naming the file
-        raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True): {e}") from e
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: not a checkpoint dict (got {type(obj).__name__})")
-    if obj.get("format") == FORMAT:
-        if int(obj.get("version", 0)) > VERSION:
-            raise CheckpointError(f"{path}: format version {obj.get('version')} is newer than this code ({VERSION})")
-        meta = {k: v for k, v in obj.items() if k != "state_dict"}
-        meta["source"] = "native"
-        return dict(obj["state_dict"]), meta
-    if META_KEY in obj and "state_dict" in obj:
-        sd = {k[len(_LIGHTNING_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(_LIGHTNING_PREFIX)}
-        if not sd:
-            raise CheckpointError(f"{path}: Lightning checkpoint without '{_LIGHTNING_PREFIX}*' weights")
-        meta = dict(obj[META_KEY])
-        meta["source"] = "lightning"
-        meta["global_step"] = obj.get("global_step", meta.get("global_step"))
-        return sd, meta
-    # mmdet (or a bare state_dict): architecture from shapes, no category mapping
-    from .mmdet import read_mmdet_checkpoint
+    safetensors metadata is str -> str: every entry is stored as JSON and ``format`` becomes
+    :data:`SAFETENSORS_FORMAT`. Written atomically."""
+    from safetensors.torch import save as st_save
 
-    sd, mm_meta = read_mmdet_checkpoint(path)
-    return sd, {
-        "source": "mmdet",
-        "model_config": None,
-        "train_config": None,
-        "class_names": class_names_from_meta(mm_meta),
-        "cat_id_to_label": None,
-        "global_step": None,
-    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {k: json.dumps(v) for k, v in meta.items() if k not in ("format", "state_dict")}
+    metadata["format"] = SAFETENSORS_FORMAT
+    data = st_save(tensors, metadata=metadata)
+    out = atomic_write(path, lambda f: f.write(data), binary=True)
+    log.info("saved safetensors %s (%d tensors)", out, len(tensors))
+    return out
 
 
-def load_checkpoint(
-    path: PathLike, map_location: Union[str, torch.device] = "cpu", **model_overrides: Any
-) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
-    """(model in eval mode, its ModelConfig, meta) from any checkpoint :func:`read_checkpoint` reads.
+def __getattr__(name: str) -> Any:
+    """``read_checkpoint`` / ``load_checkpoint`` moved to :mod:`.loader` (kept importable from here)."""
+    if name in ("read_checkpoint", "load_checkpoint"):
+        from . import loader
 
-    ``model_overrides`` replace ModelConfig fields (e.g. ``roi={"score_thr": 0.3}``, merged into the
-    section). ``meta`` gains ``label_to_cat_id`` (None when the mapping is unknown).
-    """
-    from ..modeling.detector import SwinMaskRCNN  # local: keeps this module importable without building models
-
-    sd, meta = read_checkpoint(path)
-    if meta["model_config"] is None:
-        cfg = infer_model_config(sd)
-    else:
-        cfg = ModelConfig.model_validate(meta["model_config"])
-    if model_overrides:
-        data = cfg.model_dump(mode="json")
-        for k, v in model_overrides.items():
-            if isinstance(v, Mapping) and isinstance(data.get(k), dict):
-                data[k] = {**data[k], **v}
-            else:
-                data[k] = v
-        cfg = ModelConfig.model_validate(data)
-    model = SwinMaskRCNN(cfg)
-    load_state_dict_strict(model, sd, source=str(path))
-    mapping = meta.get("cat_id_to_label")
-    meta["cat_id_to_label"] = None if mapping is None else {int(k): int(v) for k, v in mapping.items()}
-    meta["label_to_cat_id"] = None if mapping is None else {v: k for k, v in meta["cat_id_to_label"].items()}
-    if meta.get("class_names") is None:
-        meta["class_names"] = [str(i) for i in range(cfg.num_classes)]
-    model.class_names = list(meta["class_names"])
-    log.info("loaded %s (%s checkpoint, %s, %d classes)", path, meta["source"], cfg.variant, cfg.num_classes)
-    return model.to(map_location).eval(), cfg, meta
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

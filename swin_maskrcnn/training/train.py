@@ -42,7 +42,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..checkpoint.native import read_checkpoint, save_checkpoint
+from ..checkpoint.loader import read_checkpoint
+from ..checkpoint.native import save_checkpoint
 from .checkpoint_io import AtomicCheckpointIO
 from ..data.coco import CocoInstanceDataset
 from ..data.loader import AspectRatioGroupedBatchSampler, collate

@@ -1,0 +1,83 @@
+"""``swin-maskrcnn export``: a checkpoint in another format.
+
+    swin-maskrcnn export --format safetensors --checkpoint C --out model.safetensors
+    swin-maskrcnn export --format onnx --checkpoint C --out model.onnx [--opset N]
+
+``C`` is anything :func:`swin_maskrcnn.load_model` reads. ``safetensors``: the weights, with the model
+config, class names, dataset category ids (and the training config and step when known) as JSON
+metadata; ``load_model`` reads it back exactly, and loading it runs no pickle. ``onnx``: delegated to
+:func:`swin_maskrcnn.apps.onnx_export.export_onnx` (needs the ``[export]`` extra).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export_safetensors", "register_subcommand"]
+
+
+def export_safetensors(checkpoint: Any, out: Any) -> Path:
+    """Write ``checkpoint`` (any format ``load_model`` reads) as our safetensors file; returns the path."""
+    from ..checkpoint.loader import load_checkpoint
+    from ..checkpoint.native import build_meta, save_safetensors
+
+    model, cfg, meta = load_checkpoint(checkpoint)
+    out_meta = build_meta(cfg, meta["class_names"], meta["cat_id_to_label"], meta.get("global_step"))
+    out_meta["train_config"] = meta.get("train_config")
+    return save_safetensors(out, model, out_meta)
+
+
+def _export_onnx(checkpoint: str, out: str, opset: Optional[int]) -> Path:
+    try:
+        from .onnx_export import export_onnx
+    except ModuleNotFoundError as e:
+        if e.name not in ("swin_maskrcnn.apps.onnx_export", "onnx", "onnxruntime"):
+            raise
+        raise RuntimeError(
+            f"ONNX export is not available here ({e.name} is missing): it needs swin_maskrcnn.apps.onnx_export "
+            "and the [export] extra (pip install 'swin-maskrcnn[export]')"
+        ) from None
+    from ..checkpoint.loader import load_model
+
+    model = load_model(checkpoint)
+    kwargs = {} if opset is None else {"opset": opset}
+    export_onnx(model, out, **kwargs)
+    return Path(out)
+
+
+def register_subcommand(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint as safetensors (weights + model config) or ONNX",
+        description=(
+            "Export a checkpoint (ours .pt/.safetensors, a Lightning .ckpt from 'train', or an mmdet .pth). "
+            "safetensors: the weights with the model config, class names and dataset category ids as metadata, "
+            "read back exactly by swin_maskrcnn.load_model. onnx: one graph from a uint8 image to detections."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx"], help="output format")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file to export")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (onnx only; default: the exporter's)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..training.config import ConfigError
+
+    if args.format == "safetensors":
+        if args.opset is not None:
+            raise ConfigError("--opset applies to --format onnx only")
+        path = export_safetensors(args.checkpoint, args.out)
+    else:
+        try:
+            path = _export_onnx(args.checkpoint, args.out, args.opset)
+        except RuntimeError as e:
+            raise ConfigError(str(e)) from None
+    print(f"wrote {path}")
+    return 0
