@@ -15,7 +15,7 @@ tensors load without renaming. Numerics follow mmdet too:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,17 +63,61 @@ def shift_window_mask(H_pad: int, W_pad: int, window_size: int, shift_size: int,
     per axis, mmdet's layout on the padded size); tokens that wrapped around by the cyclic shift land
     in a different region than their window neighbours and must not attend to them.
     """
-    region = torch.zeros((1, H_pad, W_pad, 1), device=device)
     w, s = window_size, shift_size
-    slices = (slice(0, -w), slice(-w, -s), slice(-s, None))
-    label = 0
-    for hs in slices:
-        for ws in slices:
-            region[:, hs, ws, :] = label
-            label += 1
-    region_windows = window_partition(region, w).squeeze(-1)  # nW, w*w
-    diff = region_windows.unsqueeze(1) - region_windows.unsqueeze(2)
-    return torch.zeros_like(diff).masked_fill(diff != 0, SHIFT_MASK_VALUE)
+
+    def region(n: int) -> Tensor:  # 0 on [0, n - w), 1 on [n - w, n - s), 2 on [n - s, n)
+        i = torch.arange(n, device=device)
+        return (i >= n - w).long() + (i >= n - s).long()
+
+    label = region(H_pad)[:, None] * 3 + region(W_pad)[None, :]
+    region_windows = window_partition(label[None, :, :, None], w).squeeze(-1)  # nW, w*w
+    differ = region_windows.unsqueeze(1) != region_windows.unsqueeze(2)
+    return torch.zeros(differ.shape, device=device).masked_fill(differ, SHIFT_MASK_VALUE)
+
+
+class WindowPlan(NamedTuple):
+    """Where each window token comes from, for one map size, window and shift (see :func:`window_plan`)."""
+
+    gather: Tensor  # [nW * w * w] index into the flattened [H * W] map; H * W = a zero (padding) token
+    scatter: Tensor  # [H * W] index into the flattened windows, for the way back
+    mask: Optional[Tensor]  # additive shift mask [nW, w*w, w*w] (None without shift)
+    num_windows: int
+    padded: bool
+
+
+def _build_window_plan(H: int, W: int, w: int, s: int, device: torch.device) -> WindowPlan:
+    H_pad, W_pad = H + (-H) % w, W + (-W) % w
+    # torch.roll(x, -s) puts input row (r + s) % n at row r; rows/cols >= H/W are the zero padding.
+    rows = (torch.arange(H_pad, device=device) + s) % H_pad
+    cols = (torch.arange(W_pad, device=device) + s) % W_pad
+    src = torch.where((rows[:, None] < H) & (cols[None, :] < W), rows[:, None] * W + cols[None, :], H * W)
+    gather = window_partition(src[None, :, :, None], w).reshape(-1)
+    scatter = torch.empty(H * W + 1, dtype=torch.long, device=device)
+    scatter[gather] = torch.arange(gather.numel(), device=device)  # padding entries all land on H * W
+    mask = shift_window_mask(H_pad, W_pad, w, s, device=device) if s > 0 else None
+    return WindowPlan(gather, scatter[: H * W], mask, (H_pad // w) * (W_pad // w), H_pad != H or W_pad != W)
+
+
+_PLANS: dict[tuple, WindowPlan] = {}
+
+
+def window_plan(H: int, W: int, window_size: int, shift_size: int, device: torch.device) -> WindowPlan:
+    """Index plan for pad + cyclic roll + window partition (and back) of an ``H x W`` map in ONE gather.
+
+    The plan depends only on sizes, so it is built once per feature size and reused by every block
+    and forward (cached here; rebuilt, uncached, while tracing or compiling so graphs stay free of
+    Python-side state). A gather copies each token once, where pad, roll and partition copied it
+    three times.
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return _build_window_plan(H, W, window_size, shift_size, device)
+    key = (H, W, window_size, shift_size, str(device))
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 64:
+            _PLANS.clear()
+        plan = _PLANS[key] = _build_window_plan(H, W, window_size, shift_size, device)
+    return plan
 
 
 class DropPath(nn.Module):
@@ -146,25 +190,29 @@ class WindowMSA(nn.Module):
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``x``: ``[B * nW, N, C]`` windows (batch-major); ``mask``: additive ``[nW, N, N]`` or None."""
+        """``x``: ``[B * nW, N, C]`` windows (batch-major); ``mask``: additive ``[nW, N, N]`` or None.
+
+        Bias and shift mask form one additive tensor laid out ``[B * nW | 1, nH, N, N]`` so that q, k
+        and v stay plain 4-D views and every block, shifted or not, reaches the fused CPU/GPU SDPA
+        kernel (a 5-D view made the shifted blocks fall back to SDPA's explicit math path).
+        """
         BW, N, C = x.shape
         nH = self.num_heads
         qkv = self.qkv(x).reshape(BW, N, 3, nH, C // nH).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # each [B * nW, nH, N, hd]
+        q, k, v = qkv.unbind(0)  # each [B * nW, nH, N, hd]
         attn_bias = self.relative_position_bias().unsqueeze(0)  # 1, nH, N, N
         if mask is not None:
-            # View the windows as [B, nW, ...] so the [nW, 1, N, N] mask broadcasts over batch and heads.
             nW = mask.shape[0]
-            q, k, v = (t.view(BW // nW, nW, nH, N, -1) for t in (q, k, v))
             attn_bias = attn_bias + mask.unsqueeze(1)  # nW, nH, N, N
+            if BW != nW:  # windows are batch-major: repeat the per-window bias for each image
+                attn_bias = attn_bias.repeat(BW // nW, 1, 1, 1)
         attn_bias = attn_bias.to(q.dtype)
         if self.use_sdpa:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1) + attn_bias
             out = attn.softmax(dim=-1) @ v
-        out = out.reshape(BW, nH, N, C // nH).transpose(1, 2).reshape(BW, N, C)
-        return self.proj(out)
+        return self.proj(out.transpose(1, 2).reshape(BW, N, C))
 
 
 class ShiftWindowMSA(nn.Module):
@@ -185,25 +233,12 @@ class ShiftWindowMSA(nn.Module):
         B, L, C = x.shape
         H, W = hw_shape
         assert L == H * W, "token count does not match hw_shape"
-        w, s = self.window_size, self.shift_size
-        x = x.view(B, H, W, C)
-        pad_b, pad_r = (-H) % w, (-W) % w
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        H_pad, W_pad = H + pad_b, W + pad_r
-
-        mask = None
-        if s > 0:
-            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
-            mask = shift_window_mask(H_pad, W_pad, w, s, device=x.device)
-
-        windows = self.w_msa(window_partition(x, w), mask=mask)
-        x = window_reverse(windows, w, H_pad, W_pad)
-
-        if s > 0:
-            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
-        if pad_b or pad_r:
-            x = x[:, :H, :W, :]
-        return x.reshape(B, H * W, C)
+        plan = window_plan(H, W, self.window_size, self.shift_size, x.device)
+        if plan.padded:  # one zero token that the padding positions of the plan point at
+            x = torch.cat([x, x.new_zeros(B, 1, C)], dim=1)
+        windows = x.index_select(1, plan.gather).view(-1, self.window_size**2, C)
+        windows = self.w_msa(windows, mask=plan.mask)
+        return windows.view(B, -1, C).index_select(1, plan.scatter)
 
 
 class FFN(nn.Module):
@@ -256,7 +291,7 @@ class SwinBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """2x downsampling: corner pad to even size, gather 2x2 neighbours with ``nn.Unfold``, LN, Linear.
+    """2x downsampling: corner pad to even size, gather 2x2 neighbours in ``nn.Unfold`` order, LN, Linear.
 
     The 4C vector is in Unfold order (channel-major: index ``c * 4 + dh * 2 + dw``), as mmdet
     checkpoints expect.
@@ -266,7 +301,6 @@ class PatchMerging(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.sampler = nn.Unfold(kernel_size=2, stride=2)
         self.norm = nn.LayerNorm(4 * in_channels)
         self.reduction = nn.Linear(4 * in_channels, out_channels, bias=False)
 
@@ -274,13 +308,15 @@ class PatchMerging(nn.Module):
         B, L, C = x.shape
         H, W = hw_shape
         assert L == H * W, "token count does not match hw_shape"
-        x = x.view(B, H, W, C).permute(0, 3, 1, 2)
+        x = x.view(B, H, W, C)
         pad_h, pad_w = H % 2, W % 2
         if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        out_hw = ((H + pad_h) // 2, (W + pad_w) // 2)
-        x = self.sampler(x).transpose(1, 2)  # B, H/2 * W/2, 4C
-        return self.reduction(self.norm(x)), out_hw
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        h2, w2 = (H + pad_h) // 2, (W + pad_w) // 2
+        # Unfold's channel order c * 4 + dh * 2 + dw as one permuted copy (nn.Unfold's im2col, its
+        # transpose and LayerNorm's contiguous copy were three).
+        x = x.view(B, h2, 2, w2, 2, C).permute(0, 1, 3, 5, 2, 4).reshape(B, h2 * w2, 4 * C)
+        return self.reduction(self.norm(x)), (h2, w2)
 
 
 class SwinStage(nn.Module):

@@ -1,0 +1,532 @@
+"""Speed of our Swin-T Mask R-CNN against mmdet's own, torchvision's R50-FPN Mask R-CNN and, for the
+backbone alone, torchvision's ``swin_t`` features. One command, a table at the end.
+
+    python benchmarks/speed.py                                   # the full matrix (long on 2 cores)
+    python benchmarks/speed.py --cases infer1 --dtypes fp32 --threads 1 --reps 3
+    python benchmarks/speed.py --device cuda --threads 16        # on a GPU machine
+
+Subjects, with the same inputs (800x1216 synthetic RGB images, 5 instances each for training):
+
+* ``ours``: ``SwinMaskRCNN`` loaded with :func:`swin_maskrcnn.load_model` from an mmdet checkpoint;
+* ``mmdet``: mmdet 3.3's own model from its packaged Swin-T config, loaded with the SAME checkpoint,
+  running in a second process under the mmdet venv (``--mmdet-python``, default
+  ``/work/.mmdet-venv/bin/python``; it imports ``../shared/tools/mmdet_reference/make_fixture.py`` for
+  the config, model build and the compiled-op shim). The checkpoint is written once by that process:
+  mmdet's seeded random init with the classifier bias calibrated on the benchmark image so that
+  both models return close to 100 detections (make_fixture's ``reinit_weights_`` and
+  ``calibrate_cls_bias_``), and cached under ``bench_out/speed/``;
+* ``tv_r50``: ``torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None,
+  weights_backbone=None)``, ``box_score_thresh=0`` so it too returns 100 detections with masks;
+* ``bb_ours`` / ``bb_mmdet`` / ``bb_tv_swin_t``: the backbones alone on one normalised image
+  (torchvision: ``swin_t().features``, random init).
+
+Pairing: every repetition runs each subject of a case once, in a fixed order, one after the
+other (the mmdet process waits on a pipe while ours runs, and the reverse), so slow phases of the
+shared machine hit all subjects alike; a warm-up run per subject and case is excluded; the figure
+is the median. Inference is ``model(images)`` in eval mode under ``torch.no_grad()`` (mmdet:
+``data_preprocessor`` + ``predict(rescale=True)``), masks pasted at the image size. A training step
+is forward with targets, the sum of the losses, backward and an AdamW step with learning rate 0
+(the full optimiser arithmetic runs but the weights stay as loaded, so later cases still compare
+equal models). Peak memory is what the call needs on top of the loaded models: the peak RSS of the subject's
+process during a timed run (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) minus
+its RSS just before, or ``torch.cuda.max_memory_allocated`` minus the allocated memory before the
+call on a GPU (each process holds other models, so absolute RSS would not compare). FLOPs are counted once per
+subject and case with ``torch.utils.flop_counter.FlopCounterMode`` (matmul/conv/SDPA FLOPs);
+achieved GFLOP/s = FLOPs / median time, shown against the machine's matrix-multiply peak measured
+at start-up (best of 5 square matmuls, per dtype and thread count).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MMDET_TOOL = REPO.parent / "shared" / "tools" / "mmdet_reference"
+OUT_DIR = REPO / "bench_out" / "speed"
+H, W = 800, 1216
+CASES = {
+    "infer1": "inference, 1 image",
+    "infer2": "inference, batch of 2",
+    "train2": "training step, batch of 2",
+    "backbone": "backbone alone, 1 image",
+}
+PEERS = {"infer1": ["mmdet", "tv_r50"], "infer2": ["mmdet", "tv_r50"], "train2": ["mmdet", "tv_r50"],
+         "backbone": ["bb_mmdet", "bb_tv_swin_t"]}
+OURS = {"infer1": "ours", "infer2": "ours", "train2": "ours", "backbone": "bb_ours"}
+log = logging.getLogger("speed")
+
+
+# ------------------------------------------------------------------------------------------------
+# shared by both processes (no swin_maskrcnn / mmdet import here)
+# ------------------------------------------------------------------------------------------------
+def make_scenes(n: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """``n`` synthetic 800x1216 RGB uint8 images (smooth noise + 5 filled shapes each) with their
+    5 boxes (xyxy), labels and bool masks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    imgs, boxes, labels, masks = [], [], [], []
+    for _ in range(n):
+        base = rng.integers(0, 256, size=(H // 16 + 1, W // 16 + 1, 3)).astype(np.float32)
+        img = np.repeat(np.repeat(base, 16, 0), 16, 1)[:H, :W] * 0.6 + rng.normal(0, 20, (H, W, 3))
+        bx, lb, mk = [], [], []
+        for k in range(5):
+            w, h = rng.integers(80, 400, size=2)
+            x0, y0 = rng.integers(0, W - w), rng.integers(0, H - h)
+            m = ((xx - x0 - w / 2) / (w / 2)) ** 2 + ((yy - y0 - h / 2) / (h / 2)) ** 2 <= 1 if k % 2 else \
+                (xx >= x0) & (xx < x0 + w) & (yy >= y0) & (yy < y0 + h)
+            img[m] = rng.integers(0, 256, size=3)
+            ys, xs = np.nonzero(m)
+            bx.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            lb.append(int(rng.integers(0, 80)))
+            mk.append(m)
+        imgs.append(np.clip(img, 0, 255).astype(np.uint8))
+        boxes.append(np.array(bx, np.float32))
+        labels.append(np.array(lb, np.int64))
+        masks.append(np.stack(mk))
+    return {"images": np.stack(imgs), "boxes": np.stack(boxes), "labels": np.stack(labels), "masks": np.stack(masks)}
+
+
+def _rss(field: str) -> Optional[int]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_reset(device: str) -> Optional[int]:
+    """Start a peak-memory window; returns the baseline (bytes in use now)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return int(torch.cuda.memory_allocated())
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    return _rss("VmRSS")
+
+
+def peak_read(device: str, baseline: Optional[int]) -> Optional[int]:
+    """Peak bytes above ``baseline`` since :func:`peak_reset` (CUDA allocated, else process RSS
+    high-water mark): the memory the call itself needed on top of the loaded models."""
+    peak = int(torch.cuda.max_memory_allocated()) if device == "cuda" else _rss("VmHWM")
+    return None if peak is None or baseline is None else peak - baseline
+
+
+def autocast(dtype: str, device: str):
+    if dtype == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str) -> tuple[float, Optional[int]]:
+    base = peak_reset(device)
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t, peak_read(device, base)
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+def train_fn(model, loss_call: Callable[[], dict], opt, dtype: str, device: str) -> Callable[[], None]:
+    """One training step: forward (autocast for bf16), sum of ``loss*``, backward, AdamW step."""
+
+    def step() -> None:
+        model.train()
+        with autocast(dtype, device):
+            losses = loss_call()
+        total = sum(v.float() for k, v in losses.items() if k.startswith("loss"))
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+
+    return step
+
+
+def adamw_lr0(model) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0, weight_decay=0.05)
+
+
+def n_dets(out) -> int:
+    return int(sum(len(o["boxes"]) if isinstance(o, dict) else len(o.pred_instances) for o in out))
+
+
+# ------------------------------------------------------------------------------------------------
+# mmdet worker (runs under the mmdet venv: python speed.py --worker)
+# ------------------------------------------------------------------------------------------------
+class MmdetWorker:
+    def __init__(self, ckpt: Path, scenes_npz: Path, device: str) -> None:
+        sys.path.insert(0, str(MMDET_TOOL))
+        import make_fixture as mf  # noqa: F401 - installs the mmcv._ext shim on import
+        from mmdet.utils import register_all_modules
+        from mmengine.runner import load_checkpoint
+
+        register_all_modules()
+        self.mf, self.device = mf, device
+        ns = argparse.Namespace(model="swin_t", cfg_options=None, resize="mmdet", scale=(1333, 800))
+        cfg = mf.load_config(ns)
+        self.model = mf.build_model(cfg)
+        sc = np.load(scenes_npz)
+        scenes = [dict(rgb=sc["images"][i], boxes=sc["boxes"][i].tolist(), labels=sc["labels"][i].tolist(),
+                       masks=list(sc["masks"][i])) for i in range(len(sc["images"]))]
+        test_pipe, train_pipe = mf.pipeline_cfgs(cfg, ns)
+        self.data_test = mf.make_data(scenes, test_pipe, with_gt=False)
+        self.data_train = mf.make_data(scenes, train_pipe, with_gt=True)
+        if not ckpt.is_file():
+            import copy
+
+            mf.reinit_weights_(self.model, 7)
+            self.model.eval()
+            with torch.no_grad():
+                b = self.model.data_preprocessor(copy.deepcopy(self.sub(self.data_test, 2)), False)
+            mf.calibrate_cls_bias_(self.model, b, (80, 100), 7)
+            mf.calibrate_mask_logits_(self.model, b)
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"state_dict": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                        "meta": {"dataset_meta": {"classes": list(mf.class_names(80))}}}, tmp)
+            os.replace(tmp, ckpt)
+        load_checkpoint(self.model, str(ckpt), map_location="cpu", strict=True, logger="silent")
+        self.model.to(device)
+        self.opt = adamw_lr0(self.model)
+        self.fn: Optional[Callable[[], Any]] = None
+
+    @staticmethod
+    def sub(data: dict, n: int) -> dict:
+        return {k: v[:n] for k, v in data.items()}
+
+    def prepare(self, case: str, dtype: str) -> dict:
+        import copy
+
+        m, dev = self.model, self.device
+        if case in ("infer1", "infer2"):
+            data = self.sub(self.data_test, 1 if case == "infer1" else 2)
+
+            def fn():
+                m.eval()
+                with torch.no_grad(), autocast(dtype, dev):
+                    b = m.data_preprocessor(copy.deepcopy(data), False)
+                    return m.predict(b["inputs"], b["data_samples"], rescale=True)
+        elif case == "train2":
+            data = self.sub(self.data_train, 2)
+
+            def loss_call():
+                b = m.data_preprocessor(copy.deepcopy(data), True)
+                return m.loss(b["inputs"], b["data_samples"])
+
+            fn = train_fn(m, loss_call, self.opt, dtype, dev)
+        elif case == "backbone":
+            with torch.no_grad():
+                x = m.data_preprocessor(copy.deepcopy(self.sub(self.data_test, 1)), False)["inputs"]
+
+            def fn():
+                m.eval()
+                with torch.no_grad(), autocast(dtype, dev):
+                    return m.backbone(x)
+        else:
+            raise ValueError(case)
+        self.fn = fn
+        out = fn()  # warm-up
+        return {"dets": n_dets(out) if case.startswith("infer") else None}
+
+    def serve(self) -> None:
+        for line in sys.stdin:
+            req = json.loads(line)
+            cmd = req["cmd"]
+            if cmd == "quit":
+                break
+            torch.set_num_threads(req.get("threads", torch.get_num_threads()))
+            if cmd == "prepare":
+                res = self.prepare(req["case"], req["dtype"])
+            elif cmd == "run":
+                t, peak = timed(self.fn, self.device)
+                res = {"time": t, "peak": peak}
+            elif cmd == "flops":
+                res = {"flops": count_flops(self.fn)}
+            else:
+                raise ValueError(cmd)
+            print(json.dumps(res), flush=True)
+
+
+class RemoteSubject:
+    """The mmdet worker process, driven line by line over its stdin/stdout."""
+
+    def __init__(self, python: str, ckpt: Path, scenes_npz: Path, device: str, threads: int) -> None:
+        cmd = [python, str(Path(__file__).resolve()), "--worker", "--ckpt", str(ckpt), "--scenes", str(scenes_npz),
+               "--device", device, "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.ask(None)  # the worker's "ready" line (model built, checkpoint written or loaded)
+
+    def ask(self, req: Optional[dict]) -> dict:
+        if req is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"mmdet worker exited (code {self.proc.poll()}); see its stderr above")
+        return json.loads(line)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.flush()
+        self.proc.wait(timeout=60)
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    torch.set_num_threads(args.threads[0])
+    w = MmdetWorker(Path(args.ckpt), Path(args.scenes), args.device)
+    print(json.dumps({"ready": True}), flush=True)
+    w.serve()
+
+
+# ------------------------------------------------------------------------------------------------
+# in-process subjects
+# ------------------------------------------------------------------------------------------------
+class LocalSubjects:
+    """ours / tv_r50 / bb_ours / bb_tv_swin_t, built once; ``prepare`` returns the timed closure."""
+
+    def __init__(self, ckpt: Path, scenes: dict[str, np.ndarray], device: str, compile_mode: Optional[str]) -> None:
+        import torchvision
+
+        sys.path.insert(0, str(REPO))
+        from swin_maskrcnn import load_model
+
+        self.device = device
+        self.ours = load_model(ckpt).to(device)
+        if compile_mode:
+            self.ours.compile_backbone(compile_mode)  # type: ignore[attr-defined]
+        torch.manual_seed(0)
+        self.tv = torchvision.models.detection.maskrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=91, box_score_thresh=0.0).to(device)
+        self.tv_swin = torchvision.models.swin_t(weights=None).features.to(device).eval()
+        self.images = [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(device) for im in scenes["images"]]
+        self.targets = [dict(boxes=torch.from_numpy(b).to(device), labels=torch.from_numpy(lb).to(device),
+                             masks=torch.from_numpy(m).to(torch.uint8).to(device))
+                        for b, lb, m in zip(scenes["boxes"], scenes["labels"], scenes["masks"])]
+        self.opt = {"ours": adamw_lr0(self.ours), "tv_r50": adamw_lr0(self.tv)}
+        mean = torch.tensor([123.675, 116.28, 103.53], device=device)[:, None, None]
+        std = torch.tensor([58.395, 57.12, 57.375], device=device)[:, None, None]
+        self.norm_img = ((self.images[0] * 255 - mean) / std)[None]
+
+    def prepare(self, name: str, case: str, dtype: str) -> Callable[[], Any]:
+        dev = self.device
+        n = 1 if case in ("infer1", "backbone") else 2
+        ims, tgts = self.images[:n], self.targets[:n]
+        if name in ("ours", "tv_r50"):
+            model = self.ours if name == "ours" else self.tv
+            if case == "train2":
+                off = 1 if name == "tv_r50" else 0  # torchvision's class 0 is the background
+                tg = [dict(t, labels=t["labels"] + off) for t in tgts]
+                return train_fn(model, lambda: model(ims, tg), self.opt[name], dtype, dev)
+
+            def infer():
+                model.eval()
+                with torch.no_grad(), autocast(dtype, dev):
+                    return model(ims)
+            return infer
+        if name in ("bb_ours", "bb_tv_swin_t"):
+            x = self.norm_img
+            if name == "bb_ours":
+                bb = self.ours.backbone
+                bb.eval()
+                fn = lambda: bb(x)  # noqa: E731
+            else:
+                fn = lambda: self.tv_swin(x)  # noqa: E731
+
+            def run():
+                with torch.no_grad(), autocast(dtype, dev):
+                    return fn()
+            return run
+        raise ValueError(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# matmul peak, hardware line, table
+# ------------------------------------------------------------------------------------------------
+def matmul_peak(dtype: str, threads: int, device: str, n: int = 1536) -> float:
+    """Best GFLOP/s of an n x n x n matmul (5 tries) at this thread count."""
+    torch.set_num_threads(threads)
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    if device == "cuda":
+        n = 8192
+    a = torch.randn(n, n, device=device).to(dt)
+    b = torch.randn(n, n, device=device).to(dt)
+    a @ b
+    best = min(timed(lambda: a @ b, device)[0] for _ in range(5))
+    return 2 * n**3 / best / 1e9
+
+
+def hardware_line(device: str) -> str:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(Exception):
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+    line = f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}"
+    if device == "cuda":
+        line += f", GPU {torch.cuda.get_device_name()}"
+    with contextlib.suppress(OSError):
+        line += f", load average {os.getloadavg()[0]:.2f} at start"
+    return line
+
+
+def fmt_mem(b: Optional[int]) -> str:
+    return "-" if b is None else f"{b / 2**30:.2f} GiB"
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| case | dtype | threads | subject | median s | ours / subject | peak mem (above models) | GFLOP | GFLOP/s "
+            "| % of matmul peak | dets |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        gf = "-" if r.get("flops") is None else f"{r['flops'] / 1e9:.0f}"
+        gfs = "-" if r.get("flops") is None else f"{r['flops'] / 1e9 / r['median']:.1f}"
+        pct = "-" if r.get("flops") is None else f"{100 * r['flops'] / 1e9 / r['median'] / r['peak_gflops']:.0f}"
+        lines.append(f"| {r['case']} | {r['dtype']} | {r['threads']} | {r['subject']} | {r['median']:.3f} | {ratio} "
+                     f"| {fmt_mem(r['peak'])} | {gf} | {gfs} | {pct} | {'' if r.get('dets') is None else r['dets']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--subjects", nargs="+", default=None,
+                    help="restrict to these subjects (ours, mmdet, tv_r50, bb_ours, bb_mmdet, bb_tv_swin_t)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per subject (after 1 warm-up)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                    help="torch.compile our backbone with this mode (compile time is reported)")
+    ap.add_argument("--no-flops", action="store_true", help="skip the FLOP counts")
+    ap.add_argument("--mmdet-python", default="/work/.mmdet-venv/bin/python")
+    ap.add_argument("--out", type=Path, default=OUT_DIR / "speed.json")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--scenes", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker_main(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    hw = hardware_line(args.device)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    scenes_npz = OUT_DIR / "scenes.npz"
+    scenes = make_scenes()
+    np.savez(scenes_npz, **scenes)
+    ckpt = OUT_DIR / "mmdet_swin_t_calibrated.pth"
+    wanted = set(args.subjects or sum(([OURS[c]] + PEERS[c] for c in args.cases), []))
+    need_mmdet = bool(wanted & {"mmdet", "bb_mmdet"}) or not ckpt.is_file()
+    remote = None
+    if need_mmdet:
+        log.info("starting the mmdet worker (%s)", args.mmdet_python)
+        remote = RemoteSubject(args.mmdet_python, ckpt, scenes_npz, args.device, args.threads[0])
+    t0 = time.perf_counter()
+    local = LocalSubjects(ckpt, scenes, args.device, args.compile)
+    log.info("local subjects built in %.1f s", time.perf_counter() - t0)
+    peaks = {(d, t): matmul_peak(d, t, args.device) for d in args.dtypes for t in args.threads}
+    log.info("matmul peaks GFLOP/s: %s", {f"{d}/{t}": round(v, 1) for (d, t), v in peaks.items()})
+    rows: list[dict] = []
+    try:
+        for case in args.cases:
+            subjects = [s for s in [OURS[case]] + PEERS[case] if s in wanted]
+            for dtype in args.dtypes:
+                for threads in args.threads:
+                    torch.set_num_threads(threads)
+                    fns: dict[str, Callable[[], Any]] = {}
+                    info: dict[str, dict] = {s: {} for s in subjects}
+                    for s in subjects:
+                        t1 = time.perf_counter()
+                        if s in ("mmdet", "bb_mmdet"):
+                            assert remote is not None
+                            info[s].update(remote.ask({"cmd": "prepare", "case": case, "dtype": dtype, "threads": threads}))
+                        else:
+                            fns[s] = local.prepare(s, case, dtype)
+                            out = fns[s]()  # warm-up (and compilation, if any)
+                            info[s]["dets"] = n_dets(out) if case.startswith("infer") else None
+                        info[s]["warmup_s"] = time.perf_counter() - t1
+                        if not args.no_flops:
+                            if s in fns:
+                                info[s]["flops"] = count_flops(fns[s])
+                            else:
+                                info[s]["flops"] = remote.ask({"cmd": "flops", "threads": threads})["flops"]  # type: ignore[union-attr]
+                    times: dict[str, list[float]] = {s: [] for s in subjects}
+                    mems: dict[str, list[int]] = {s: [] for s in subjects}
+                    for rep in range(args.reps):
+                        for s in subjects:
+                            if s in fns:
+                                t, peak = timed(fns[s], args.device)
+                            else:
+                                r = remote.ask({"cmd": "run", "threads": threads})  # type: ignore[union-attr]
+                                t, peak = r["time"], r["peak"]
+                            times[s].append(t)
+                            if peak is not None:
+                                mems[s].append(peak)
+                            log.info("%s %s %dt rep %d %s: %.3f s", case, dtype, threads, rep, s, t)
+                    ours_med = statistics.median(times[subjects[0]])
+                    for s in subjects:
+                        med = statistics.median(times[s])
+                        rows.append(dict(case=case, dtype=dtype, threads=threads, subject=s, median=med,
+                                         times=times[s], ratio=None if s == subjects[0] else ours_med / med,
+                                         peak=max(mems[s]) if mems[s] else None, peak_gflops=peaks[(dtype, threads)],
+                                         **info[s]))
+                    print(table(rows[-len(subjects):]), flush=True)
+    finally:
+        if remote is not None:
+            remote.close()
+    # bf16 speed-up of each subject (fp32 median / bf16 median)
+    speedups = []
+    for r in rows:
+        if r["dtype"] == "bf16":
+            for q in rows:
+                if q["dtype"] == "fp32" and (q["case"], q["threads"], q["subject"]) == (r["case"], r["threads"], r["subject"]):
+                    speedups.append(f"{r['case']} {r['threads']}t {r['subject']}: bf16 {q['median'] / r['median']:.2f}x faster than fp32")
+    text = (f"{hw}\nmatmul peak GFLOP/s: " + ", ".join(f"{d} {t}t {v:.0f}" for (d, t), v in peaks.items())
+            + f"\nmedians of {args.reps} alternating repetitions after 1 warm-up; device {args.device}"
+            + (f"; ours compiled ({args.compile})" if args.compile else "") + "\n\n" + table(rows)
+            + ("\n\n" + "\n".join(speedups) if speedups else ""))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"hardware": hw, "matmul_peak_gflops": {f"{d}/{t}": v for (d, t), v in peaks.items()},
+                                    "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
