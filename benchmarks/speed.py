@@ -23,7 +23,9 @@ Subjects, with the same inputs (800x1216 synthetic RGB images, 5 instances each 
 Pairing: every repetition runs each subject of a case once, in a fixed order, one after the
 other (the mmdet process waits on a pipe while ours runs, and the reverse), so slow phases of the
 shared machine hit all subjects alike; a warm-up run per subject and case is excluded; the figure
-is the median. Inference is ``model(images)`` in eval mode under ``torch.no_grad()`` (mmdet:
+is the median. Each run also records its process CPU time (``time.process_time()`` of the
+subject's own process): on a machine shared with other jobs, the CPU-time ratio of 1-thread runs
+is the steadier figure. Inference is ``model(images)`` in eval mode under ``torch.no_grad()`` (mmdet:
 ``data_preprocessor`` + ``predict(rescale=True)``), masks pasted at the image size. A training step
 is forward with targets, the sum of the losses, backward and an AdamW step with learning rate 0
 (the full optimiser arithmetic runs but the weights stay as loaded, so later cases still compare
@@ -31,7 +33,8 @@ equal models). Peak memory is what the call needs on top of the loaded models: t
 process during a timed run (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) minus
 its RSS just before, or ``torch.cuda.max_memory_allocated`` minus the allocated memory before the
 call on a GPU (each process holds other models, so absolute RSS would not compare). FLOPs are counted once per
-subject and case with ``torch.utils.flop_counter.FlopCounterMode`` (matmul/conv/SDPA FLOPs);
+subject and case with ``torch.utils.flop_counter.FlopCounterMode`` during the warm-up run
+(matmul/conv/SDPA FLOPs);
 achieved GFLOP/s = FLOPs / median time, shown against the machine's matrix-multiply peak measured
 at start-up (best of 5 square matmuls, per dtype and thread count).
 """
@@ -137,21 +140,26 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], Any], device: str) -> tuple[float, Optional[int]]:
+def timed(fn: Callable[[], Any], device: str) -> tuple[float, float, Optional[int]]:
+    """(wall seconds, process CPU seconds, peak bytes above the baseline) of one call."""
     base = peak_reset(device)
     sync(device)
-    t = time.perf_counter()
+    c, t = time.process_time(), time.perf_counter()
     fn()
     sync(device)
-    return time.perf_counter() - t, peak_read(device, base)
+    return time.perf_counter() - t, time.process_time() - c, peak_read(device, base)
 
 
-def count_flops(fn: Callable[[], Any]) -> int:
+def warm_up(fn: Callable[[], Any], flops: bool) -> tuple[Any, Optional[int]]:
+    """The excluded warm-up run; with ``flops`` it runs under ``FlopCounterMode`` and returns the
+    count too (so counting costs no extra run)."""
+    if not flops:
+        return fn(), None
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:
-        fn()
-    return int(fc.get_total_flops())
+        out = fn()
+    return out, int(fc.get_total_flops())
 
 
 def train_fn(model, loss_call: Callable[[], dict], opt, dtype: str, device: str) -> Callable[[], None]:
@@ -221,7 +229,7 @@ class MmdetWorker:
     def sub(data: dict, n: int) -> dict:
         return {k: v[:n] for k, v in data.items()}
 
-    def prepare(self, case: str, dtype: str) -> dict:
+    def prepare(self, case: str, dtype: str, flops: bool) -> dict:
         import copy
 
         m, dev = self.model, self.device
@@ -252,8 +260,8 @@ class MmdetWorker:
         else:
             raise ValueError(case)
         self.fn = fn
-        out = fn()  # warm-up
-        return {"dets": n_dets(out) if case.startswith("infer") else None}
+        out, n_flops = warm_up(fn, flops)
+        return {"dets": n_dets(out) if case.startswith("infer") else None, "flops": n_flops}
 
     def serve(self) -> None:
         for line in sys.stdin:
@@ -263,12 +271,10 @@ class MmdetWorker:
                 break
             torch.set_num_threads(req.get("threads", torch.get_num_threads()))
             if cmd == "prepare":
-                res = self.prepare(req["case"], req["dtype"])
+                res = self.prepare(req["case"], req["dtype"], req["flops"])
             elif cmd == "run":
-                t, peak = timed(self.fn, self.device)
-                res = {"time": t, "peak": peak}
-            elif cmd == "flops":
-                res = {"flops": count_flops(self.fn)}
+                t, cpu, peak = timed(self.fn, self.device)
+                res = {"time": t, "cpu": cpu, "peak": peak}
             else:
                 raise ValueError(cmd)
             print(json.dumps(res), flush=True)
@@ -316,12 +322,16 @@ def worker_main(args: argparse.Namespace) -> None:
 class LocalSubjects:
     """ours / tv_r50 / bb_ours / bb_tv_swin_t, built once; ``prepare`` returns the timed closure."""
 
-    def __init__(self, ckpt: Path, scenes: dict[str, np.ndarray], device: str, compile_mode: Optional[str]) -> None:
+    def __init__(self, ckpt: Path, scenes: dict[str, np.ndarray], device: str, compile_mode: Optional[str],
+                 repo: Path = REPO) -> None:
         import torchvision
 
-        sys.path.insert(0, str(REPO))
+        sys.path.insert(0, str(repo))
         from swin_maskrcnn import load_model
 
+        import swin_maskrcnn
+
+        log.info("ours: %s", swin_maskrcnn.__file__)
         self.device = device
         self.ours = load_model(ckpt).to(device)
         if compile_mode:
@@ -408,15 +418,17 @@ def fmt_mem(b: Optional[int]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| case | dtype | threads | subject | median s | ours / subject | peak mem (above models) | GFLOP | GFLOP/s "
-            "| % of matmul peak | dets |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| case | dtype | threads | subject | median s | ours / subject | CPU s | ours / subject (CPU) "
+            "| peak mem (above models) | GFLOP | GFLOP/s | % of matmul peak | dets |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        cratio = "" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.2f}"
         gf = "-" if r.get("flops") is None else f"{r['flops'] / 1e9:.0f}"
         gfs = "-" if r.get("flops") is None else f"{r['flops'] / 1e9 / r['median']:.1f}"
         pct = "-" if r.get("flops") is None else f"{100 * r['flops'] / 1e9 / r['median'] / r['peak_gflops']:.0f}"
         lines.append(f"| {r['case']} | {r['dtype']} | {r['threads']} | {r['subject']} | {r['median']:.3f} | {ratio} "
+                     f"| {r['cpu']:.3f} | {cratio} "
                      f"| {fmt_mem(r['peak'])} | {gf} | {gfs} | {pct} | {'' if r.get('dets') is None else r['dets']} |")
     return "\n".join(lines)
 
@@ -433,6 +445,8 @@ def main() -> None:
     ap.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                     help="torch.compile our backbone with this mode (compile time is reported)")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP counts")
+    ap.add_argument("--repo", type=Path, default=REPO,
+                    help="import swin_maskrcnn from this source tree (e.g. a checkout of an older commit)")
     ap.add_argument("--mmdet-python", default="/work/.mmdet-venv/bin/python")
     ap.add_argument("--out", type=Path, default=OUT_DIR / "speed.json")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -459,7 +473,7 @@ def main() -> None:
         log.info("starting the mmdet worker (%s)", args.mmdet_python)
         remote = RemoteSubject(args.mmdet_python, ckpt, scenes_npz, args.device, args.threads[0])
     t0 = time.perf_counter()
-    local = LocalSubjects(ckpt, scenes, args.device, args.compile)
+    local = LocalSubjects(ckpt, scenes, args.device, args.compile, args.repo)
     log.info("local subjects built in %.1f s", time.perf_counter() - t0)
     peaks = {(d, t): matmul_peak(d, t, args.device) for d in args.dtypes for t in args.threads}
     log.info("matmul peaks GFLOP/s: %s", {f"{d}/{t}": round(v, 1) for (d, t), v in peaks.items()})
@@ -476,35 +490,36 @@ def main() -> None:
                         t1 = time.perf_counter()
                         if s in ("mmdet", "bb_mmdet"):
                             assert remote is not None
-                            info[s].update(remote.ask({"cmd": "prepare", "case": case, "dtype": dtype, "threads": threads}))
+                            info[s].update(remote.ask({"cmd": "prepare", "case": case, "dtype": dtype,
+                                                       "threads": threads, "flops": not args.no_flops}))
                         else:
                             fns[s] = local.prepare(s, case, dtype)
-                            out = fns[s]()  # warm-up (and compilation, if any)
+                            out, info[s]["flops"] = warm_up(fns[s], not args.no_flops)  # (and compilation)
                             info[s]["dets"] = n_dets(out) if case.startswith("infer") else None
                         info[s]["warmup_s"] = time.perf_counter() - t1
-                        if not args.no_flops:
-                            if s in fns:
-                                info[s]["flops"] = count_flops(fns[s])
-                            else:
-                                info[s]["flops"] = remote.ask({"cmd": "flops", "threads": threads})["flops"]  # type: ignore[union-attr]
                     times: dict[str, list[float]] = {s: [] for s in subjects}
+                    cpus: dict[str, list[float]] = {s: [] for s in subjects}
                     mems: dict[str, list[int]] = {s: [] for s in subjects}
                     for rep in range(args.reps):
                         for s in subjects:
                             if s in fns:
-                                t, peak = timed(fns[s], args.device)
+                                t, cpu, peak = timed(fns[s], args.device)
                             else:
                                 r = remote.ask({"cmd": "run", "threads": threads})  # type: ignore[union-attr]
-                                t, peak = r["time"], r["peak"]
+                                t, cpu, peak = r["time"], r["cpu"], r["peak"]
                             times[s].append(t)
+                            cpus[s].append(cpu)
                             if peak is not None:
                                 mems[s].append(peak)
-                            log.info("%s %s %dt rep %d %s: %.3f s", case, dtype, threads, rep, s, t)
+                            log.info("%s %s %dt rep %d %s: %.3f s (CPU %.3f s)", case, dtype, threads, rep, s, t, cpu)
                     ours_med = statistics.median(times[subjects[0]])
+                    ours_cpu = statistics.median(cpus[subjects[0]])
                     for s in subjects:
-                        med = statistics.median(times[s])
+                        med, cmed = statistics.median(times[s]), statistics.median(cpus[s])
                         rows.append(dict(case=case, dtype=dtype, threads=threads, subject=s, median=med,
-                                         times=times[s], ratio=None if s == subjects[0] else ours_med / med,
+                                         times=times[s], cpu=cmed, cpus=cpus[s],
+                                         ratio=None if s == subjects[0] else ours_med / med,
+                                         cpu_ratio=None if s == subjects[0] else ours_cpu / cmed,
                                          peak=max(mems[s]) if mems[s] else None, peak_gflops=peaks[(dtype, threads)],
                                          **info[s]))
                     print(table(rows[-len(subjects):]), flush=True)

@@ -14,7 +14,10 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from swin_maskrcnn.modeling.roi_heads.mask_head import MaskHead, paste_masks
+import torch.nn.functional as F
+
+from swin_maskrcnn.modeling.postprocess import paste_masks, postprocess_detections, rescale_boxes
+from swin_maskrcnn.modeling.roi_heads.mask_head import MaskHead
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True to a scalar")
 
@@ -167,3 +170,58 @@ def test_paste_resampled_content_follows_the_mask_not_a_transpose():
     expected[60:, :] = True
     assert torch.equal(out, expected)
     assert math.isclose(float(out.float().mean()), (10 * 80 + 30 * 20) / 3200)
+
+
+# ------------------------------------------------------------------ vectorised vs per-box reference
+def reference_paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, img_h: int, img_w: int, threshold: float) -> torch.Tensor:
+    """The straightforward per-box paste (mmdet's CPU ``_do_paste_mask`` with skip_empty, one box at
+    a time, host reads per box): the version :func:`paste_masks` replaced."""
+    k = mask_probs.shape[0]
+    out = torch.zeros(k, img_h, img_w, dtype=torch.bool)
+    for i in range(k):
+        x0, y0, x1, y1 = (float(v) for v in boxes[i])
+        xs, ys = max(int(math.floor(x0)) - 1, 0), max(int(math.floor(y0)) - 1, 0)
+        xe, ye = min(int(math.ceil(x1)) + 1, img_w), min(int(math.ceil(y1)) + 1, img_h)
+        if xe <= xs or ye <= ys:
+            continue
+        bx0, by0, bx1, by1 = boxes[i].float()
+        gy = (torch.arange(ys, ye, dtype=torch.float32) + 0.5 - by0) / (by1 - by0) * 2 - 1
+        gx = (torch.arange(xs, xe, dtype=torch.float32) + 0.5 - bx0) / (bx1 - bx0) * 2 - 1
+        gx = torch.where(torch.isinf(gx), torch.zeros_like(gx), gx)
+        gy = torch.where(torch.isinf(gy), torch.zeros_like(gy), gy)
+        grid = torch.stack([gx[None, :].expand(gy.numel(), -1), gy[:, None].expand(-1, gx.numel())], dim=-1)
+        pasted = F.grid_sample(mask_probs[i][None, None].float(), grid[None], align_corners=False)[0, 0]
+        out[i, ys:ye, xs:xe] = pasted >= threshold
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorised_paste_equals_per_box_reference(seed: int):
+    """Bit-identical to the per-box loop on random boxes of very different sizes (tiny, image-sized,
+    partly or wholly outside, degenerate) and random soft masks with values near the threshold."""
+    g = torch.Generator().manual_seed(seed)
+    h, w, k = 97, 131, 60
+    xy = torch.rand(k, 2, generator=g) * torch.tensor([w + 20.0, h + 20.0]) - 10
+    wh = torch.rand(k, 2, generator=g) ** 3 * torch.tensor([w * 1.2, h * 1.2])
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[:3, 2:] = boxes[:3, :2]  # zero-size boxes
+    boxes[3] = torch.tensor([-5.0, -5.0, w + 5.0, h + 5.0])  # larger than the image
+    boxes[4] = torch.tensor([w + 3.0, 10.0, w + 30.0, 40.0])  # outside
+    boxes[5] = torch.tensor([10.0, 20.0, 30.0, 40.0])  # integer box
+    probs = torch.sigmoid(torch.randn(k, 28, 28, generator=g) * 2)
+    probs[6] = 0.5  # exactly at the threshold
+    for thr in (0.5, 0.3):
+        got = paste_masks(probs, boxes, h, w, thr)
+        assert torch.equal(got, reference_paste_masks(probs, boxes, h, w, thr))
+
+
+def test_postprocess_detections_rescales_and_pastes_the_label_channel():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 28, 28, generator=g)
+    labels = torch.tensor([2, 0, 3])
+    boxes = torch.tensor([[10.0, 12.0, 60.0, 50.0], [0.0, 0.0, 100.0, 80.0], [70.0, 5.0, 90.0, 75.0]])
+    out = postprocess_detections(boxes, torch.rand(3), labels, logits, (80, 100), (160, 250), 0.5)
+    scaled = boxes / torch.tensor([100 / 250, 80 / 160, 100 / 250, 80 / 160])
+    assert torch.equal(out["boxes"], scaled) and torch.equal(rescale_boxes(boxes, (80, 100), (160, 250)), scaled)
+    probs = logits[torch.arange(3), labels].sigmoid()
+    assert torch.equal(out["masks"], reference_paste_masks(probs, scaled, 160, 250, 0.5))

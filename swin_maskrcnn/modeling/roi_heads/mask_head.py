@@ -1,12 +1,10 @@
-"""Mask head (mmdet FCNMaskHead): 28x28 class-specific mask logits, targets, loss and pasting.
+"""Mask head (mmdet FCNMaskHead): 28x28 class-specific mask logits, targets and loss (pasting: ``..postprocess``).
 
 4 x (3x3 conv + ReLU) -> 2x2 stride-2 transposed conv + ReLU -> 1x1 conv to one channel per
 foreground class. Targets are the GT masks RoIAligned (aligned=True, output 28, scale 1) onto the
 positive proposals and binarised at 0.5; the loss is the mean pixel BCE over all positive RoIs.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +14,7 @@ from torchvision.ops import roi_align
 from ..config import LossConfig
 from ..layers import ConvWrap
 from ..losses import sigmoid_bce
+from ..postprocess import paste_masks  # noqa: F401  (moved to postprocess; roi_head still imports it from here)
 
 
 class MaskHead(nn.Module):
@@ -58,32 +57,3 @@ class MaskHead(nn.Module):
         pred = mask_logits[torch.arange(mask_logits.shape[0], device=labels.device), labels]
         loss = sigmoid_bce(pred, targets, None, "mean", None, lc.eps)
         return {"loss_mask": loss * lc.roi_loss_mask_weight}
-
-
-def paste_masks(mask_probs: Tensor, boxes: Tensor, img_h: int, img_w: int, threshold: float) -> Tensor:
-    """Paste (K, M, M) mask probabilities into (K, img_h, img_w) bool masks (mmdet ``_do_paste_mask``).
-
-    Each mask is resampled with ``grid_sample`` (pixel centres at +0.5, align_corners=False) over its
-    box and thresholded at ``threshold``; pixels beyond one pixel outside the box are background
-    (mmdet's CPU path, which pastes mask by mask with ``skip_empty``). We use that per-box path on
-    every device so results do not depend on the device.
-    """
-    k = mask_probs.shape[0]
-    out = torch.zeros(k, img_h, img_w, dtype=torch.bool, device=mask_probs.device)
-    for i in range(k):
-        x0, y0, x1, y1 = (float(v) for v in boxes[i])
-        xs = max(int(math.floor(x0)) - 1, 0)
-        ys = max(int(math.floor(y0)) - 1, 0)
-        xe = min(int(math.ceil(x1)) + 1, img_w)
-        ye = min(int(math.ceil(y1)) + 1, img_h)
-        if xe <= xs or ye <= ys:
-            continue
-        bx0, by0, bx1, by1 = boxes[i].float()  # float32 arithmetic, as mmdet
-        gy = (torch.arange(ys, ye, device=mask_probs.device, dtype=torch.float32) + 0.5 - by0) / (by1 - by0) * 2 - 1
-        gx = (torch.arange(xs, xe, device=mask_probs.device, dtype=torch.float32) + 0.5 - bx0) / (bx1 - bx0) * 2 - 1
-        gx = torch.where(torch.isinf(gx), torch.zeros_like(gx), gx)
-        gy = torch.where(torch.isinf(gy), torch.zeros_like(gy), gy)
-        grid = torch.stack([gx[None, :].expand(gy.numel(), -1), gy[:, None].expand(-1, gx.numel())], dim=-1)
-        pasted = F.grid_sample(mask_probs[i][None, None].float(), grid[None], align_corners=False)[0, 0]
-        out[i, ys:ye, xs:xe] = pasted >= threshold
-    return out
