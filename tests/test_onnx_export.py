@@ -24,7 +24,7 @@ ort = pytest.importorskip("onnxruntime", reason="ONNX tests need the [export] ex
 from swin_maskrcnn import SwinMaskRCNN, tiny_model_config  # noqa: E402
 from swin_maskrcnn.apps.onnx_export import export_onnx  # noqa: E402
 from swin_maskrcnn.apps.onnx_runtime import OnnxPredictor, paste_masks  # noqa: E402
-from swin_maskrcnn.modeling.roi_heads.mask_head import paste_masks as torch_paste_masks  # noqa: E402
+from swin_maskrcnn.modeling.postprocess import paste_masks as torch_paste_masks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_DETS = 40  # fewer than the NMS survivors, so the top-k cut is exercised; keeps the mask head cheap

@@ -51,7 +51,7 @@ def paste_masks(
 ) -> np.ndarray:
     """Paste (N, M, M) mask probabilities at (N, 4) xyxy ``boxes`` into (N, height, width) bool masks.
 
-    Matches ``model.predict``'s masks (``modeling.roi_heads.mask_head.paste_masks``): pixels more than
+    Matches ``model.predict``'s masks (``modeling.postprocess.paste_masks``): pixels more than
     one pixel outside a box stay background, and a pixel is foreground when its resampled probability
     is ``>= threshold``.
     """
