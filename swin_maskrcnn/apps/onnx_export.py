@@ -130,11 +130,11 @@ class OnnxDetector(nn.Module):
         div = cfg.size_divisor
         x = (image.float() - self.mean) / self.std
         x = F.pad(x, (0, (-w) % div, 0, (-h) % div))[None]
-        feats = m.extract_features(x)
+        feats = m.neck(m.backbone(x))
 
         # RPN: per level top nms_pre, decode, clip, drop empty boxes, NMS per level, top max_per_img.
         rpn = m.rpn_head
-        cls, reg = rpn(feats)
+        cls, reg = rpn.maps(feats) if hasattr(rpn, "maps") else rpn(feats)  # TODO(h9b): maps() once h8a lands
         anchors = rpn.anchors(feats)
         scores_l, deltas_l, anchors_l, levels_l = [], [], [], []
         for lvl, (c, r, a) in enumerate(zip(cls, reg, anchors)):
