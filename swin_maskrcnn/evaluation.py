@@ -7,7 +7,9 @@
   ``eval['precision']`` / ``eval['recall']`` for the requested ``max_dets`` itself, because
   ``COCOeval.summarize()`` hard-codes maxDets=100 for AP (so AP at 400 detections would be
   silently reported at 100). All pycocotools prints go to the logging module.
-* :func:`evaluate_model` runs a model over a dataset and evaluates it.
+* :func:`evaluate_model` runs a model over a dataset and evaluates it: :func:`predict_coco_results`
+  (one process's share of the images) then :func:`summarize_predictions` (COCOeval), the two
+  halves a distributed validation runs on every rank and on rank 0.
 * :func:`save_results_json` writes results atomically.
 
 Metric values follow COCOeval's convention: -1.0 where undefined (no ground truth of that kind,
@@ -37,6 +39,8 @@ __all__ = [
     "predictions_to_coco_results",
     "evaluate_coco",
     "evaluate_model",
+    "predict_coco_results",
+    "summarize_predictions",
     "save_results_json",
     "flatten_metrics",
     "AREA_NAMES",
@@ -250,6 +254,71 @@ def _find_coco_dataset(dataset: Any) -> Any:
     return d
 
 
+def predict_coco_results(
+    model: torch.nn.Module,
+    dataset: Any,
+    indices: Sequence[int],
+    batch_size: int = 1,
+    progress: bool = False,
+    score_thr: float = 0.05,
+) -> tuple[list[dict], list[int], list[int]]:
+    """Runs ``model`` (eval mode, no grad; its mode is restored) over ``dataset[i]`` for ``i`` in
+    ``indices``, ``batch_size`` images per call in the order given. Returns ``(results, image_ids,
+    counts)``: COCO result dicts, the image ids predicted and, per image, the number of
+    predictions with score >= ``score_thr``. One rank's share of a distributed evaluation."""
+    from tqdm.auto import tqdm
+
+    base = _find_coco_dataset(dataset)
+    subset = torch.utils.data.Subset(dataset, list(indices))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    image_ids: list[int] = []
+    counts: list[int] = []
+    try:
+        with torch.no_grad(), tqdm(total=len(subset), desc="evaluate", disable=not progress, leave=False) as bar:
+            for images, targets in loader:
+                images = [im.to(device) for im in images]
+                sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
+                outputs = model(images, original_sizes=sizes)
+                outputs = [{k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in o.items()} for o in outputs]
+                ids = [int(t["image_id"]) for t in targets]
+                results.extend(predictions_to_coco_results(outputs, ids, base.label_to_cat_id))
+                image_ids.extend(ids)
+                counts.extend(int((_np(o["scores"]) >= score_thr).sum()) for o in outputs)
+                bar.update(len(images))
+    finally:
+        model.train(was_training)
+    return results, image_ids, counts
+
+
+def summarize_predictions(
+    dataset: Any,
+    results: Sequence[dict],
+    image_ids: Sequence[int],
+    counts: Sequence[int],
+    max_dets: Sequence[int] = (1, 10, 100),
+    iou_types: Sequence[str] = ("bbox", "segm"),
+) -> dict[str, Any]:
+    """COCOeval of ``results`` against ``dataset.coco`` restricted to ``image_ids``: the metrics of
+    :func:`evaluate_coco` plus ``num_images`` and ``mean_num_predictions`` (mean of ``counts``)."""
+    base = _find_coco_dataset(dataset)
+    types = tuple(iou_types)
+    if results and "segmentation" not in results[0]:
+        types = tuple(t for t in types if t != "segm")
+    metrics = evaluate_coco(
+        base.coco, results, iou_types=types, max_dets=max_dets, class_names=base.class_names, img_ids=image_ids
+    )
+    metrics["num_images"] = len(image_ids)
+    metrics["mean_num_predictions"] = float(np.mean(counts)) if len(counts) else 0.0
+    return metrics
+
+
 def evaluate_model(
     model: torch.nn.Module,
     dataset: Any,
@@ -269,43 +338,10 @@ def evaluate_model(
     ``num_images`` and ``mean_num_predictions`` (mean per image of the predictions with score >=
     ``score_thr``); ``results`` the COCO result dicts. The model's train/eval mode is restored.
     """
-    from tqdm.auto import tqdm
-
-    base = _find_coco_dataset(dataset)
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
-    subset = torch.utils.data.Subset(dataset, list(range(n)))
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    results: list[dict] = []
-    image_ids: list[int] = []
-    counts: list[int] = []
-    try:
-        with torch.no_grad(), tqdm(total=n, desc="evaluate", disable=not progress, leave=False) as bar:
-            for images, targets in loader:
-                images = [im.to(device) for im in images]
-                sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
-                outputs = model(images, original_sizes=sizes)
-                outputs = [{k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in o.items()} for o in outputs]
-                ids = [int(t["image_id"]) for t in targets]
-                results.extend(predictions_to_coco_results(outputs, ids, base.label_to_cat_id))
-                image_ids.extend(ids)
-                counts.extend(int((_np(o["scores"]) >= score_thr).sum()) for o in outputs)
-                bar.update(len(images))
-    finally:
-        model.train(was_training)
-    types = tuple(iou_types)
-    if results and "segmentation" not in results[0]:
-        types = tuple(t for t in types if t != "segm")
-    metrics = evaluate_coco(
-        base.coco, results, iou_types=types, max_dets=max_dets, class_names=base.class_names, img_ids=image_ids
-    )
-    metrics["num_images"] = len(image_ids)
-    metrics["mean_num_predictions"] = float(np.mean(counts)) if counts else 0.0
+    results, image_ids, counts = predict_coco_results(model, dataset, range(n), batch_size=batch_size,
+                                                      progress=progress, score_thr=score_thr)
+    metrics = summarize_predictions(dataset, results, image_ids, counts, max_dets=max_dets, iou_types=iou_types)
     return metrics, results
 
 

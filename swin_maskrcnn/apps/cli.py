@@ -25,9 +25,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..io_utils import json_ready
+from ..io_utils import OutputWriteError, json_ready
 from . import demo, export
 from ..training.config import ConfigError
+from ..training.nonfinite import NonFiniteTrainingError
 
 log = logging.getLogger("swin_maskrcnn.apps.cli")
 
@@ -53,8 +54,9 @@ def _add_train(sub: Any) -> None:
                    help="loss preset merged over the config before the overrides (e.g. configs/losses/seed.yaml)")
     p.add_argument("--layer", metavar="YAML", action="append", default=[],
                    help="extra partial config merged over the config (repeatable, after --losses)")
-    p.add_argument("--resume", metavar="CKPT", default=None,
-                   help="Lightning checkpoint to resume (model, optimiser, schedule, step and data order)")
+    p.add_argument("--resume", metavar="CKPT_OR_RUN", default=None,
+                   help="Lightning checkpoint to resume (model, optimiser, schedule, step and data order), or a run "
+                        "folder: its newest complete checkpoint (a file cut short by a killed job is skipped)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_cmd_train)
 
@@ -206,6 +208,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:  # a user mistake in the config or the arguments: message, no traceback
         print(f"swin-maskrcnn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (OutputWriteError, NonFiniteTrainingError) as e:  # disk full / diverged: the message says it all
+        print(f"swin-maskrcnn {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

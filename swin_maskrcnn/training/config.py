@@ -212,6 +212,12 @@ class RuntimeConfig(StrictModel):
     run_name: Optional[str] = Field(None, description="None: <config name or variant>_<timestamp>")
     seed: int = Field(0, ge=0, description="model init and per-step sampling seed")
     progress_bar: bool = True
+    max_consecutive_nonfinite: int = Field(
+        20, ge=1,
+        description="a step whose loss or gradients are not finite is skipped (no parameter update; under 16-mixed "
+        "the GradScaler skips it and lowers its scale); after this many skipped steps in a row the run stops with a "
+        "diagnosis (learning rate, precision, the batches' image ids)",
+    )
     max_minutes: Optional[float] = Field(
         None, gt=0,
         description="wall-clock budget: stop training after this many minutes (in all, over resumes) even before optim.max_steps "

@@ -10,18 +10,32 @@ of the gradients BEFORE clipping, and of the unscaled gradients under 16-mixed),
 (1 when clipping changed the gradients), ``acc`` and ``acc_fg`` (RoI accuracy, %),
 ``rpn_num_pos/neg`` and ``roi_num_pos/neg`` (sampled per batch), ``data_epoch`` (passes over the data).
 
-There is deliberately no try/except around the step: a crash is a crash, never a silently skipped
-batch. A non-finite loss raises ``FloatingPointError`` naming the step and every loss term.
+Non-finite steps. A step whose loss (on any rank) or whose gradients are not finite is skipped:
+no parameter and no optimiser-state update, while the step counter, the lr schedule and the data
+order move on, so a resume still lines up. The loss is checked in ``training_step`` (one all-reduced
+flag under DDP, so every rank agrees); such a batch backpropagates a zero that touches every
+trainable parameter, which keeps DDP's gradient reducer in step without
+``find_unused_parameters``. The gradients are checked in ``on_before_optimizer_step`` (after DDP's
+all-reduce, so identical on every rank, and after AMP's unscaling); a skipped step's gradients are
+dropped there. Under ``16-mixed`` the GradScaler has already seen the non-finite gradients, so it
+still skips its step and lowers its scale as usual. Each skip is logged with the image ids of the
+batch on every rank and counted (``train/nonfinite_skipped``, the run summary's ``nonfinite``);
+``runtime.max_consecutive_nonfinite`` skips in a row stop the run with
+:class:`~swin_maskrcnn.training.nonfinite.NonFiniteTrainingError` naming the lr, the precision and the
+images.
 
 Randomness: at the start of every training batch the global torch RNG (CPU and CUDA) is re-seeded
-from (``runtime.seed``, batch index in the run, rank). The RPN/RoI samplers (and DropPath) therefore
-draw exactly the same numbers after a resume as in an uninterrupted run, on any number of devices,
-without storing RNG states in checkpoints.
+from (``runtime.seed``, the batch's index in the run's global batch stream = ``batch_idx x world_size
++ rank``). The RPN/RoI samplers (and DropPath) therefore draw exactly the same numbers after a
+resume as in an uninterrupted run, and W ranks draw for their micro-batches what one process with
+``accumulate_grad_batches=W`` draws for the same batches, without storing RNG states in checkpoints.
 
-:class:`PeriodicEvaluation` runs COCO evaluation (``evaluation.evaluate_model``: COCOeval bbox +
-segm) on rank 0 every ``val_every_n_steps`` optimizer steps from ``val_start_step`` on, and at the last
-step, on at most ``max_val_images`` images; :class:`BestCheckpoint` is Lightning's ``ModelCheckpoint``
-restricted to the steps where that evaluation ran (monitor ``val/segm_AP``).
+:class:`PeriodicEvaluation` runs COCO evaluation every ``val_every_n_steps`` optimizer steps from
+``val_start_step`` on, and at the last step, on at most ``max_val_images`` images: every rank predicts
+its share of the images (``evaluation.predict_coco_results``), rank 0 gathers the results in dataset
+order and runs COCOeval (``evaluation.summarize_predictions``), then broadcasts the metrics.
+:class:`BestCheckpoint` is Lightning's ``ModelCheckpoint`` restricted to the steps where that
+evaluation ran (monitor ``val/segm_AP``).
 """
 from __future__ import annotations
 
@@ -38,23 +52,53 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from ..checkpoint.native import META_KEY, build_meta
-from ..io_utils import json_ready
-from ..evaluation import evaluate_model, flatten_metrics
+from ..io_utils import atomic_write, json_ready
+from ..evaluation import flatten_metrics, predict_coco_results, summarize_predictions
 from ..modeling.detector import SwinMaskRCNN
 from .optim import build_optimizer, build_scheduler
 from .config import TrainConfig
+from .nonfinite import NonFiniteEvent, NonFiniteGuard, image_ids_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionModule", "PeriodicEvaluation", "BestCheckpoint", "step_seed", "log_to_loggers"]
+__all__ = ["DetectionModule", "PeriodicEvaluation", "BestCheckpoint", "step_seed", "log_to_loggers", "gather_objects",
+           "val_shard"]
 
 _PROG_BAR = {"train/loss", "train/lr", "train/acc_fg"}
+#: checkpoint key of the non-finite step counts (plain types: loads with weights_only=True)
+_NONFINITE_KEY = "swin_maskrcnn_nonfinite"
 
 
-def step_seed(seed: int, batch_index: int, rank: int) -> int:
-    """Deterministic 63-bit seed of one training batch."""
-    digest = hashlib.blake2b(f"step:{seed}:{batch_index}:{rank}".encode(), digest_size=8).digest()
+def step_seed(seed: int, batch_index: int) -> int:
+    """Deterministic 63-bit seed of one training batch (``batch_index`` in the run's global stream)."""
+    digest = hashlib.blake2b(f"step:{seed}:{batch_index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def gather_objects(trainer: L.Trainer, obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in a single process)."""
+    if trainer.world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _gather_to_rank0(trainer: L.Trainer, obj: Any) -> Optional[list[Any]]:
+    """Every rank's ``obj`` on rank 0 (None elsewhere); ``[obj]`` in a single process."""
+    if trainer.world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [obj]
+    out: Optional[list[Any]] = [None] * trainer.world_size if trainer.is_global_zero else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out
+
+
+def val_shard(num_images: int, batch_size: int, rank: int, world_size: int) -> list[int]:
+    """Dataset indices rank ``rank`` predicts: batch j of the single-process batching (images
+    ``j*batch_size ..``) goes to rank ``j % world_size``, so every image is predicted in the same
+    batch (same padding) as in a single process and the gathered results are identical."""
+    return [i for j, start in enumerate(range(0, num_images, batch_size)) if j % world_size == rank
+            for i in range(start, min(start + batch_size, num_images))]
 
 
 def log_to_loggers(trainer: L.Trainer, metrics: Mapping[str, float], step: int) -> None:
@@ -85,6 +129,10 @@ class DetectionModule(L.LightningModule):
         self.cat_id_to_label = None if cat_id_to_label is None else {int(k): int(v) for k, v in cat_id_to_label.items()}
         self.batches_per_data_epoch: Optional[int] = None  # set by the data module, for train/data_epoch
         self.last_train_metrics: dict[str, float] = {}
+        self.nonfinite = NonFiniteGuard(cfg.runtime.max_consecutive_nonfinite)
+        # the current optimizer step's micro-batches: (image ids) and the loss event, if any
+        self._step_image_ids: list[Any] = []
+        self._step_loss_event: Optional[NonFiniteEvent] = None
 
     # -------------------------------------------------------------------------------- inference
     def forward(self, images: Sequence[Tensor], targets: Optional[Sequence[dict]] = None, original_sizes=None):
@@ -94,22 +142,43 @@ class DetectionModule(L.LightningModule):
 
     # -------------------------------------------------------------------------------- training
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        torch.manual_seed(step_seed(self.cfg.runtime.seed, batch_idx, self.global_rank))
+        world, rank = self.trainer.world_size, self.global_rank
+        torch.manual_seed(step_seed(self.cfg.runtime.seed, batch_idx * world + rank))
+
+    def _any_rank(self, flag: bool) -> bool:
+        """``flag`` OR-ed over the ranks (one scalar all-reduce under DDP)."""
+        if self.trainer.world_size == 1:
+            return flag
+        t = torch.tensor(float(flag), device=self.device)
+        return bool(self.trainer.strategy.reduce(t, reduce_op="sum").item() > 0)
+
+    def _zero_loss(self) -> Tensor:
+        """0, with a (zero) gradient path to every trainable parameter: what a skipped micro-batch
+        backpropagates, so DDP's reducer sees every gradient it waits for."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.stack([p.reshape(-1)[:1].sum() for p in params]).sum() * 0.0
 
     def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> dict[str, Any]:
         images, targets = batch
+        self._step_image_ids.extend(image_ids_of(targets))
         out = self.model(images, targets)
         losses = {k: v for k, v in out.items() if k.startswith("loss_")}
         if not losses:
             raise RuntimeError(f"the model returned no loss_* terms (keys: {sorted(out)})")
         total = torch.stack([v.float() for v in losses.values()]).sum()
-        if not torch.isfinite(total):
-            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-            raise FloatingPointError(
-                f"non-finite training loss at step {self.global_step} (batch {batch_idx}): {terms}; "
-                f"image ids {[t.get('image_id') for t in targets]}"
-            )
         n = len(images)
+        if self._any_rank(not bool(torch.isfinite(total))):
+            terms = {k: float(v.detach()) for k, v in losses.items()}
+            local_bad = not math.isfinite(float(total.detach()))
+            gathered = gather_objects(self.trainer, (image_ids_of(targets), terms if local_bad else {}))
+            bad_terms = {f"{k}@rank{r}" if len(gathered) > 1 else k: v for r, (_, t) in enumerate(gathered)
+                         for k, v in t.items() if not math.isfinite(v)}
+            event = self._step_loss_event or NonFiniteEvent(step=int(self.global_step), reason="loss")
+            event.image_ids.extend(i for ids, _ in gathered for i in ids)
+            event.loss_terms.update(bad_terms)
+            self._step_loss_event = event
+            self.log("step", float(self.global_step + 1), on_step=True, on_epoch=False, batch_size=n)
+            return {"loss": self._zero_loss(), "skipped": True}
         total_d = total.detach()
         metrics: dict[str, Tensor] = {"train/loss": total_d}
         for k, v in losses.items():
@@ -135,11 +204,29 @@ class DetectionModule(L.LightningModule):
         return result
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Runs after backward (and after unscaling under 16-mixed), BEFORE Lightning clips.
+        # Runs after backward (after DDP's all-reduce; after unscaling under 16-mixed), BEFORE
+        # Lightning clips and before the optimizer (or the GradScaler) steps.
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads else None
+        event, self._step_loss_event = self._step_loss_event, None
+        ids, self._step_image_ids = self._step_image_ids, []
+        if event is None and norm is not None and not bool(torch.isfinite(norm)):
+            event = NonFiniteEvent(step=int(self.global_step), reason="gradients",
+                                   image_ids=[i for part in gather_objects(self.trainer, ids) for i in part])
+        if event is not None:
+            # no update: optimizers skip parameters without a gradient (their state is untouched too)
+            for g in optimizer.param_groups:
+                for p in g["params"]:
+                    p.grad = None
+            self.nonfinite.record(event, lr=float(optimizer.param_groups[0]["lr"]),
+                                  precision=str(self.trainer.precision), clip_grad_norm=self.cfg.model.losses.clip_grad_norm)
+        else:
+            self.nonfinite.record_ok()
+        self.log("train/nonfinite_skipped", float(self.nonfinite.total), on_step=True, on_epoch=False, batch_size=1)
+        if event is not None:
             return
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if norm is None:
+            return
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
         clip = self.cfg.model.losses.clip_grad_norm
         if clip is not None:
@@ -156,11 +243,16 @@ class DetectionModule(L.LightningModule):
     # -------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = build_meta(self.cfg, self.class_names, self.cat_id_to_label, self.global_step)
+        checkpoint[_NONFINITE_KEY] = self.nonfinite.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite.load_state_dict(checkpoint.get(_NONFINITE_KEY, {}))
 
 
 class PeriodicEvaluation(L.Callback):
     """COCO evaluation every ``every_n_steps`` optimizer steps (from ``start_step`` on) and at the
-    final step, on rank 0; metrics are broadcast, logged as ``val/bbox_AP``, ``val/segm_AP``, ...,
+    final step, predicted by every rank on its share of the images and scored on rank 0; metrics are
+    broadcast, logged as ``val/bbox_AP``, ``val/segm_AP``, ...,
     ``val/preds_per_image``, and written (with per-class AP) to ``out_dir/step_XXXXXXX.json``."""
 
     def __init__(
@@ -193,33 +285,39 @@ class PeriodicEvaluation(L.Callback):
         return final or (step >= self.start_step and step % self.every_n_steps == 0)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """Every rank predicts its :func:`val_shard`; rank 0 runs COCOeval on the gathered results
+        (in dataset order, as one process would have them), writes the JSON and broadcasts."""
         step = trainer.global_step
+        model = pl_module.model
+        n = len(self.dataset) if self.max_images is None else min(len(self.dataset), int(self.max_images))
+        indices = val_shard(n, self.batch_size, trainer.global_rank, trainer.world_size)
+        thr = float(model.cfg.roi.score_thr)
+        mine = predict_coco_results(model, self.dataset, indices, batch_size=self.batch_size, score_thr=thr)
+        parts = _gather_to_rank0(trainer, (indices, mine))
         flat: Optional[dict[str, float]] = None
         if trainer.is_global_zero:
-            model = pl_module.model
-            metrics, _ = evaluate_model(
-                model,
-                self.dataset,
-                batch_size=self.batch_size,
-                max_images=self.max_images,
-                max_dets=self.max_dets,
-                progress=False,
-                score_thr=float(model.cfg.roi.score_thr),
-            )
+            by_index: dict[int, tuple[list[dict], int, int]] = {}
+            for idx, (results, ids, counts) in parts:
+                per_image: dict[int, list[dict]] = {}
+                for r in results:
+                    per_image.setdefault(int(r["image_id"]), []).append(r)
+                for i, img_id, c in zip(idx, ids, counts):
+                    by_index[i] = (per_image.get(img_id, []), img_id, c)
+            order = sorted(by_index)
+            results = [r for i in order for r in by_index[i][0]]
+            metrics = summarize_predictions(self.dataset, results, [by_index[i][1] for i in order],
+                                            [by_index[i][2] for i in order], max_dets=self.max_dets)
             flat = {k.replace("/", "_"): v for k, v in flatten_metrics(metrics).items()}
             flat["preds_per_image"] = float(metrics["mean_num_predictions"])
             flat["num_images"] = float(metrics["num_images"])
             if self.out_dir is not None:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-                record = json_ready({"step": step, **metrics})
-                with open(self.out_dir / f"step_{step:07d}.json", "w", encoding="utf-8") as f:
-                    json.dump(record, f, indent=1)
+                atomic_write(self.out_dir / f"step_{step:07d}.json",
+                             lambda f: json.dump(json_ready({"step": step, **metrics}), f, indent=1))
             log.info(
-                "step %d validation: bbox AP %.4f, segm AP %.4f, %.2f predictions/image (%d images)",
+                "step %d validation: bbox AP %.4f, segm AP %.4f, %.2f predictions/image (%d images, %d ranks)",
                 step, flat.get("bbox_AP", float("nan")), flat.get("segm_AP", float("nan")),
-                flat["preds_per_image"], int(flat["num_images"]),
+                flat["preds_per_image"], int(flat["num_images"]), trainer.world_size,
             )
-        trainer.strategy.barrier("swin_maskrcnn_validation")
         flat = trainer.strategy.broadcast(flat, src=0)
         assert flat is not None
         return flat

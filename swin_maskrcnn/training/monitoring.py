@@ -209,7 +209,7 @@ class ProbeMonitor(L.Callback):
         return sum(counts) / max(len(counts), 1)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.detector is not None and isinstance(outputs, dict):
+        if self.detector is not None and isinstance(outputs, dict) and not outputs.get("skipped"):
             total = _scalar(outputs.get("total_loss", outputs.get("loss")))
             if total is not None:
                 self.detector.record(total, _scalar(outputs.get("acc_fg")), _scalar(outputs.get("roi_num_pos")))

@@ -30,8 +30,10 @@ import importlib.util
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -44,7 +46,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..checkpoint.loader import read_checkpoint
 from ..checkpoint.native import save_checkpoint
-from .checkpoint_io import AtomicCheckpointIO
+from .checkpoint_io import AtomicCheckpointIO, resolve_resume
+from ..io_utils import OutputWriteError, check_writable
 from ..data.coco import CocoInstanceDataset
 from ..data.loader import AspectRatioGroupedBatchSampler, collate
 from ..data.transforms import build_test_transforms, build_train_transforms
@@ -67,11 +70,21 @@ __all__ = [
     "build_datasets",
     "init_weights_from",
     "resolve_run_dir",
+    "check_output_dir",
+    "estimate_checkpoint_bytes",
+    "build_model",
+    "build_callbacks",
+    "build_trainer",
+    "run_summary",
+    "RunCallbacks",
     "RUN_DIR_ENV",
+    "RESUME_ENV",
 ]
 
 #: set by the launching process so DDP ranks started later write into the same run folder
 RUN_DIR_ENV = "SWIN_MASKRCNN_RUN_DIR"
+#: likewise the checkpoint the launching process resolved from --resume (all ranks resume the same file)
+RESUME_ENV = "SWIN_MASKRCNN_RESUME_CKPT"
 #: layers that depend on the class count; they keep their fresh init when fine-tuning to new classes
 CLASS_SPECIFIC_PREFIXES = (
     "roi_head.bbox_head.fc_cls.",
@@ -338,41 +351,68 @@ def build_loggers(run_dir: Path) -> list[Logger]:
     return loggers
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, name_hint: Optional[str] = None) -> dict[str, Any]:
-    """Train as configured; ``resume`` is a Lightning ``.ckpt`` of an earlier run of this config.
+def estimate_checkpoint_bytes(model: torch.nn.Module, optim_type: str) -> int:
+    """Size of one full Lightning checkpoint: the weights plus the optimizer's per-parameter state
+    (AdamW: two fp32 moments, SGD: one momentum buffer) of the trainable parameters."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    return weights + (2 if optim_type == "adamw" else 1) * trainable
 
-    Returns a summary: ``run_dir``, ``last_checkpoint``, ``best_checkpoint`` (None without
-    validation), ``final_model`` (our format), ``global_step``, ``final_metrics`` (last validation,
-    ``val/*``, and last training figures, ``train/*``), ``collapse_alarm_steps``, ``wall_time_s``.
+
+def check_output_dir(cfg: TrainConfig, run_dir: Path, model: torch.nn.Module) -> None:
+    """Before any step: the run folder can be created and written, and has room for a checkpoint.
+
+    A ConfigError names ``runtime.out_dir`` and the cause (read-only, no permission, N MiB free
+    against the estimated checkpoint size); too little room for every periodic checkpoint of the
+    run is a warning, since ``runtime.keep_last_checkpoints`` or a cleanup may still make room.
     """
-    t0 = time.time()
-    run_dir = resolve_run_dir(cfg, resume, name_hint)
-    previous_env = os.environ.get(RUN_DIR_ENV)
-    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks that Lightning launches during fit inherit it
+    need = estimate_checkpoint_bytes(model, cfg.optim.type)
     try:
-        return _train(cfg, resume, run_dir, t0)
-    finally:
-        if previous_env is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = previous_env
+        check_writable(run_dir / "checkpoints", need_bytes=need, what=f"runtime.out_dir ({cfg.runtime.out_dir}): run folder")
+    except OutputWriteError as e:
+        raise ConfigError(str(e)) from e
+    rt = cfg.runtime
+    periodic = cfg.optim.max_steps // rt.checkpoint_every_n_steps
+    count = (periodic if rt.keep_last_checkpoints is None else min(periodic, rt.keep_last_checkpoints)) + 2
+    free = shutil.disk_usage(run_dir).free
+    if free < count * need:
+        log.warning("%s: %.0f MiB free, the run's %d checkpoints need about %.0f MiB (%.0f MiB each); "
+                    "set runtime.keep_last_checkpoints or free space", run_dir, free / 2**20, count,
+                    count * need / 2**20, need / 2**20)
 
 
-def _train(cfg: TrainConfig, resume: Optional[str], run_dir: Path, t0: float) -> dict[str, Any]:
-    ckpt_dir = run_dir / "checkpoints"
-
-    L.seed_everything(cfg.runtime.seed, workers=True, verbose=False)
-    train_ds, val_ds = build_datasets(cfg)
+def build_model(cfg: TrainConfig, resume: Optional[Path]) -> SwinMaskRCNN:
+    """The detector, with the configured initial weights unless resuming (the checkpoint has them)."""
     model = SwinMaskRCNN(cfg.model)
     if cfg.init.backbone_checkpoint and resume is None:
         load_imagenet_backbone(model.backbone, cfg.init.backbone_checkpoint)
     if cfg.init.checkpoint and resume is None:
         init_weights_from(model, cfg.init.checkpoint)
-    module = DetectionModule(cfg, train_ds.class_names, train_ds.cat_id_to_label, model=model)
-    datamodule = DetectionDataModule(cfg, train_ds)
+    return model
 
-    rt = cfg.runtime
-    callbacks: list[L.Callback] = []
+
+@dataclass
+class RunCallbacks:
+    """The run's own callbacks; ``extra`` are the caller's (``train(callbacks=...)``)."""
+
+    periodic: ModelCheckpoint
+    evaluation: Optional[PeriodicEvaluation] = None
+    best: Optional[BestCheckpoint] = None
+    probe: Optional[ProbeMonitor] = None
+    extra: list[L.Callback] = field(default_factory=list)
+
+    def all(self) -> list[L.Callback]:
+        own = [c for c in (self.evaluation, self.probe, self.periodic, self.best) if c is not None]
+        return own + list(self.extra)
+
+
+def build_callbacks(
+    cfg: TrainConfig, run_dir: Path, train_ds: CocoInstanceDataset, val_ds: Optional[CocoInstanceDataset],
+    extra: Sequence[L.Callback] = (),
+) -> RunCallbacks:
+    """Validation (when there is a val set), the probe / collapse alarm, periodic and best checkpoints.
+    Order matters: the evaluation runs before BestCheckpoint reads its metrics at the same step."""
+    rt, ckpt_dir = cfg.runtime, run_dir / "checkpoints"
     evaluation = None
     if val_ds is not None:
         evaluation = PeriodicEvaluation(
@@ -380,28 +420,29 @@ def _train(cfg: TrainConfig, resume: Optional[str], run_dir: Path, t0: float) ->
             max_images=rt.max_val_images, max_dets=rt.val_max_dets, batch_size=cfg.data.val_batch_size,
             out_dir=run_dir / "val",
         )
-        callbacks.append(evaluation)
     probe = None
     if rt.probe_every_n_steps > 0:
         images, sizes = _probe_batch(cfg, train_ds, val_ds)
         detector = CollapseDetector.from_config(rt.collapse) if rt.collapse.enabled else None
         probe = ProbeMonitor(images, sizes, rt.probe_every_n_steps, detector, batch_size=cfg.data.val_batch_size)
-        callbacks.append(probe)
     keep = rt.keep_last_checkpoints  # newest N by the logged "step" (= optimizer steps done), or all
     periodic = ModelCheckpoint(
         dirpath=ckpt_dir, filename="step_{step:07d}", auto_insert_metric_name=False,
         every_n_train_steps=rt.checkpoint_every_n_steps, save_last="link",
         save_top_k=-1 if keep is None else keep, monitor=None if keep is None else "step", mode="max",
     )
-    callbacks.append(periodic)
     best = None
     if evaluation is not None:
         best = BestCheckpoint(evaluation, dirpath=ckpt_dir, filename="best", auto_insert_metric_name=False,
                               monitor="val/segm_AP", mode="max", save_top_k=1, enable_version_counter=False)
-        callbacks.append(best)
-    loggers = build_loggers(run_dir)
+    return RunCallbacks(periodic=periodic, evaluation=evaluation, best=best, probe=probe, extra=list(extra))
 
-    trainer = L.Trainer(
+
+def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[L.Callback]) -> L.Trainer:
+    """Lightning Trainer of the run: one 'epoch' of max_steps optimizer steps (our sampler shards
+    and orders the data), Lightning's devices/strategy/precision, atomic checkpoint writes."""
+    rt = cfg.runtime
+    return L.Trainer(
         accelerator=rt.accelerator,
         devices=rt.devices,
         num_nodes=rt.num_nodes,
@@ -414,8 +455,8 @@ def _train(cfg: TrainConfig, resume: Optional[str], run_dir: Path, t0: float) ->
         gradient_clip_val=cfg.model.losses.clip_grad_norm,
         gradient_clip_algorithm="norm",
         log_every_n_steps=rt.log_every_n_steps,
-        logger=loggers,
-        callbacks=callbacks,
+        logger=build_loggers(run_dir),
+        callbacks=list(callbacks),
         enable_progress_bar=rt.progress_bar,
         enable_checkpointing=True,
         use_distributed_sampler=False,
@@ -424,47 +465,108 @@ def _train(cfg: TrainConfig, resume: Optional[str], run_dir: Path, t0: float) ->
         default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()],
     )
+
+
+def train(
+    cfg: TrainConfig,
+    resume: Optional[str] = None,
+    name_hint: Optional[str] = None,
+    callbacks: Sequence[L.Callback] = (),
+) -> dict[str, Any]:
+    """Train as configured.
+
+    ``resume``: a Lightning ``.ckpt`` of an earlier run of this config, or that run's folder (or
+    its ``checkpoints/``), which resumes from the newest complete checkpoint in it
+    (:func:`~swin_maskrcnn.training.checkpoint_io.resolve_resume`). ``callbacks``: extra Lightning
+    callbacks, run after the run's own.
+
+    Returns the summary of :func:`run_summary`. Raises ConfigError (bad config, unwritable output,
+    no usable checkpoint to resume) before training starts, and
+    :class:`~swin_maskrcnn.training.nonfinite.NonFiniteTrainingError` when
+    ``runtime.max_consecutive_nonfinite`` steps in a row had a non-finite loss or gradients.
+    """
+    t0 = time.time()
+    resume_path = None
+    if resume is not None:
+        resume_path = Path(os.environ.get(RESUME_ENV) or resolve_resume(resume))
+    run_dir = resolve_run_dir(cfg, None if resume_path is None else str(resume_path), name_hint)
+    saved = {k: os.environ.get(k) for k in (RUN_DIR_ENV, RESUME_ENV)}
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks that Lightning launches during fit inherit these
+    if resume_path is not None:
+        os.environ[RESUME_ENV] = str(resume_path)
+    try:
+        return _train(cfg, resume_path, run_dir, t0, callbacks)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _train(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
+           extra_callbacks: Sequence[L.Callback]) -> dict[str, Any]:
+    L.seed_everything(cfg.runtime.seed, workers=True, verbose=False)
+    train_ds, val_ds = build_datasets(cfg)
+    model = build_model(cfg, resume)
+    check_output_dir(cfg, run_dir, model)
+    module = DetectionModule(cfg, train_ds.class_names, train_ds.cat_id_to_label, model=model)
+    datamodule = DetectionDataModule(cfg, train_ds)
+    callbacks = build_callbacks(cfg, run_dir, train_ds, val_ds, extra_callbacks)
+    trainer = build_trainer(cfg, run_dir, callbacks.all())
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
         cfg_path = _write_config(cfg, run_dir)
         log.info("run folder %s (config %s)", run_dir, cfg_path)
     with warnings.catch_warnings():
         # We resume mid-"epoch" on purpose: the data order is restored by RunBatchSampler.
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume))
 
-    last_path = ckpt_dir / "last.ckpt"
-    trainer.save_checkpoint(last_path, weights_only=False)
+    last_path = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(last_path, weights_only=False)  # writes on rank 0 only
     final_model = run_dir / "model_final.pt"
     if trainer.is_global_zero:
         save_checkpoint(final_model, module.model, cfg, train_ds.class_names, train_ds.cat_id_to_label,
                         global_step=trainer.global_step)
+    summary = run_summary(cfg, trainer, module, callbacks, run_dir, t0)
+    if trainer.is_global_zero:
+        if summary["stopped_by_time"]:
+            log.warning("runtime.max_minutes=%g reached at step %d of %d", cfg.runtime.max_minutes,
+                        trainer.global_step, cfg.optim.max_steps)
+        log.info("%s", _summary_line(summary))
+    return summary
+
+
+def run_summary(cfg: TrainConfig, trainer: L.Trainer, module: DetectionModule, callbacks: RunCallbacks,
+                run_dir: Path, t0: float) -> dict[str, Any]:
+    """``run_dir``, ``last_checkpoint``, ``best_checkpoint`` / ``best_segm_AP`` (None without
+    validation), ``final_model`` (our format), ``global_step``, ``stopped_by_time``,
+    ``final_metrics`` (last validation ``val/*`` and last training figures ``train/*``),
+    ``collapse_alarm_steps``, ``nonfinite`` (``skipped_steps`` and the first events: step, reason,
+    image ids, loss terms), ``world_size``, ``wall_time_s``."""
     final_metrics: dict[str, float] = dict(module.last_train_metrics)  # train/* of the last step
+    evaluation, best, probe = callbacks.evaluation, callbacks.best, callbacks.probe
     if evaluation is not None and evaluation.last_metrics is not None:
         final_metrics.update({f"val/{k}": v for k, v in evaluation.last_metrics.items()})
-    best_path = None
-    best_score = None
+    best_path = best_score = None
     if best is not None and best.best_model_path:
         best_path = best.best_model_path
         best_score = None if best.best_model_score is None else float(best.best_model_score)
-    summary = {
+    rt = cfg.runtime
+    return {
         "run_dir": str(run_dir),
-        "last_checkpoint": str(last_path),
+        "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "best_checkpoint": best_path,
         "best_segm_AP": best_score,
-        "final_model": str(final_model),
+        "final_model": str(run_dir / "model_final.pt"),
         "global_step": int(trainer.global_step),
         "stopped_by_time": bool(rt.max_minutes is not None and trainer.global_step < cfg.optim.max_steps),
         "final_metrics": final_metrics,
         "collapse_alarm_steps": [] if probe is None else list(probe.alarm_steps),
+        "nonfinite": module.nonfinite.summary(),
+        "world_size": int(trainer.world_size),
         "wall_time_s": time.time() - t0,
     }
-    if trainer.is_global_zero:
-        if summary["stopped_by_time"]:
-            log.warning("runtime.max_minutes=%g reached at step %d of %d", rt.max_minutes, trainer.global_step,
-                        cfg.optim.max_steps)
-        log.info("%s", _summary_line(summary))
-    return summary
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -477,5 +579,6 @@ def _summary_line(s: dict[str, Any]) -> str:
     return (
         f"finished {s['global_step']} steps in {s['wall_time_s'] / 60:.1f} min | loss {_fmt(m.get('train/loss'))} | "
         f"val bbox AP {_fmt(m.get('val/bbox_AP'))} segm AP {_fmt(m.get('val/segm_AP'))} | "
-        f"best segm AP {_fmt(s['best_segm_AP'])} | collapse alarms {len(alarms)} | run {s['run_dir']}"
+        f"best segm AP {_fmt(s['best_segm_AP'])} | collapse alarms {len(alarms)} | "
+        f"non-finite steps skipped {s['nonfinite']['skipped_steps']} | run {s['run_dir']}"
     )
