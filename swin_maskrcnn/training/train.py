@@ -319,8 +319,27 @@ def resolve_run_dir(cfg: TrainConfig, resume: Optional[str] = None, name_hint: O
         p = Path(resume).resolve()
         if p.parent.name == "checkpoints":
             return p.parent.parent
+    external = _externally_launched_world()
+    if external > 1:
+        raise ConfigError(
+            f"this process is one of {external} ranks started by torchrun/SLURM: set runtime.run_name so that every "
+            "rank writes into the same run folder (a timestamped name could differ between ranks)"
+        )
     stem = name_hint or cfg.model.variant
     return Path(cfg.runtime.out_dir) / f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _externally_launched_world() -> int:
+    """World size when a launcher other than Lightning (torchrun, SLURM's srun) started every rank,
+    else 1. Lightning's own launcher passes RUN_DIR_ENV instead, which is checked first."""
+    for key in ("WORLD_SIZE", "SLURM_NTASKS"):
+        try:
+            n = int(os.environ.get(key, "1"))
+        except ValueError:
+            continue
+        if n > 1:
+            return n
+    return 1
 
 
 def _write_config(cfg: TrainConfig, run_dir: Path) -> Path:
