@@ -286,3 +286,36 @@ def test_atomic_write_error_names_the_file_and_keeps_the_old_content(tmp_path):
         atomic_write(target, write)
     assert info.value.errno == errno.ENOSPC and str(target) in str(info.value) and "MiB free" in str(info.value)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_fp16_gradscaler_still_skips_and_lowers_its_scale(tiny_data, tmp_path, monkeypatch):
+    """16-mixed with a GradScaler (Lightning's MixedPrecision plugin, CPU scaler): a step with NaN
+    gradients is skipped by the scaler, which halves its scale as usual; a step with a NaN loss
+    is skipped without touching the scale; both leave the parameters unchanged."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from swin_maskrcnn.training.module import DetectionModule
+    from swin_maskrcnn.training.train import DetectionDataModule, build_datasets
+
+    ann, imgs = tiny_data
+    poison(monkeypatch, grad_calls={1}, loss_calls={2})
+    cfg = fast_config(ann, imgs, tmp_path, "amp", max_steps=4)
+    train_ds, _ = build_datasets(cfg)
+    module = DetectionModule(cfg, train_ds.class_names, train_ds.cat_id_to_label)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scales = {}
+
+    class Scale(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            scales[trainer.global_step - 1] = scaler.get_scale()
+
+    rec = Recorder()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=4, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, use_distributed_sampler=False, callbacks=[rec, Scale()],
+                        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    trainer.fit(module, datamodule=DetectionDataModule(cfg, train_ds))
+    assert scales[0] == 2.0**10 and scales[1] == 2.0**9 and scales[2] == 2.0**9
+    for step in (1, 2):
+        assert _same(rec.before[step], rec.after[step]), step
+    assert not _same(rec.before[3], rec.after[3])
+    assert [(e.step, e.reason) for e in module.nonfinite.events] == [(1, "gradients"), (2, "loss")]
