@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ddp_worker import Record
-from swin_maskrcnn.checkpoint.native import load_checkpoint
+from swin_maskrcnn.checkpoint.loader import load_checkpoint
 from swin_maskrcnn.data.coco import CocoInstanceDataset
 from swin_maskrcnn.data.transforms import build_test_transforms
 from swin_maskrcnn.evaluation import evaluate_model
