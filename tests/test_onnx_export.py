@@ -1,9 +1,10 @@
 """ONNX export: the graph run by onnxruntime equals ``model.predict(resize=False)``.
 
-A seeded tiny model (random weights give ~uniform class scores, so every image has the full
-``max_per_img`` = 40 detections and the per-class NMS has thousands of candidates) is exported once; at two image sizes
-(one that needs window padding in every stage, one whose maps are window multiples) onnxruntime's
-labels equal PyTorch's, boxes agree within 1e-3 relative, scores within 1e-4, and the numpy-pasted
+A seeded tiny model is saved as a checkpoint and exported once with ``swin-maskrcnn export --format
+onnx`` (random weights give ~uniform class scores, so every image has the full ``max_per_img`` = 40
+detections and the per-class NMS has thousands of candidates). At two image sizes (one that needs
+window padding in every stage, one whose maps are window multiples) onnxruntime's labels equal
+PyTorch's, boxes agree within 1e-3 relative, scores within 1e-4, and the numpy-pasted
 masks have IoU >= 0.99 with ``predict``'s. The numpy paste is compared with the model's torch paste
 on the same inputs, and the runtime module is run in a subprocess where torch cannot be imported.
 """
@@ -21,7 +22,9 @@ import torch
 pytest.importorskip("onnx", reason="ONNX export needs the [export] extra (pip install 'swin-maskrcnn[export]')")
 ort = pytest.importorskip("onnxruntime", reason="ONNX tests need the [export] extra (pip install 'swin-maskrcnn[export]')")
 
-from swin_maskrcnn import SwinMaskRCNN, tiny_model_config  # noqa: E402
+from swin_maskrcnn import SwinMaskRCNN, load_model, tiny_model_config  # noqa: E402
+from swin_maskrcnn.apps.cli import main as cli_main  # noqa: E402
+from swin_maskrcnn.checkpoint.native import save_checkpoint  # noqa: E402
 from swin_maskrcnn.apps.onnx_export import export_onnx  # noqa: E402
 from swin_maskrcnn.apps.onnx_runtime import OnnxPredictor, paste_masks  # noqa: E402
 from swin_maskrcnn.modeling.postprocess import paste_masks as torch_paste_masks  # noqa: E402
@@ -52,11 +55,18 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
+NAMES = ["cell", "disc", "ring"]
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[SwinMaskRCNN, Path]:
+    """The tiny model saved as a checkpoint and exported by ``swin-maskrcnn export --format onnx``."""
+    folder = tmp_path_factory.mktemp("onnx")
     model = _model()
-    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
-    return model, path
+    ckpt = save_checkpoint(folder / "model_final.pt", model, model.cfg, NAMES, {7: 0, 3: 1, 9: 2})
+    path = folder / "tiny.onnx"
+    assert cli_main(["export", "--format", "onnx", "--checkpoint", str(ckpt), "--out", str(path)]) == 0
+    return load_model(ckpt), path
 
 
 def test_graph_interface(exported):
@@ -71,6 +81,9 @@ def test_graph_interface(exported):
     assert outs["masks"].shape[1:] == [28, 28] and outs["boxes"].shape[1:] == [4]
     meta = sess.get_modelmeta().custom_metadata_map
     assert json.loads(meta["mask_thr"]) == 0.5 and json.loads(meta["num_classes"]) == 3
+    assert json.loads(meta["class_names"]) == NAMES
+    assert json.loads(meta["label_to_cat_id"]) == {"0": 7, "1": 3, "2": 9}
+    assert json.loads(meta["model_config"])["roi"]["max_per_img"] == MAX_DETS
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
