@@ -12,7 +12,7 @@ How: :class:`OnnxDetector` wraps the model's own modules (backbone, neck, RPN co
 generator, box coders, box and mask heads) and re-states the two post-processing steps whose eager
 code has data-dependent Python branches (``if boxes.numel()``, levels without RoIs) as branch-free
 tensor code: per-level top-k with ``min(k, n)``, NMS as ONNX ``NonMaxSuppression`` with one
-class per level (RPN) or per object class (RoI head), and multi-level RoIAlign merged by scatter.
+class per level (RPN) or per object class (RoI head), and multi-level RoIAlign merged by a gather.
 It is exported with PyTorch's TorchScript-based exporter (``dynamo=False``), which traces shape
 arithmetic (window padding, shift masks, anchor grids) as graph ops, and uses torchvision's
 registered ONNX symbolics for ``roi_align`` (opset >= 16: ``coordinate_transformation_mode=
@@ -97,19 +97,23 @@ def _keep_in_input_order_then_top(index: Tensor, scores: Tensor, k_max: int) -> 
 
 
 def _roi_align_levels(extractor: RoIExtractor, feats: list[Tensor], boxes: Tensor) -> Tensor:
-    """Multi-level RoIAlign of one image's ``boxes`` (K, 4), as ``RoIExtractor`` without branches."""
+    """Multi-level RoIAlign of one image's ``boxes`` (K, 4), as ``RoIExtractor`` without branches.
+
+    Each level pools its RoIs; the concatenated rows are put back in RoI order with one gather by the
+    inverse permutation (a row gather, much cheaper in onnxruntime than a per-element scatter).
+    """
     rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
     n_lvls = len(extractor.strides)
     lvls = map_roi_levels(rois, n_lvls, extractor.finest_scale)
-    s = extractor.output_size
-    out = feats[0].new_zeros(rois.shape[0], feats[0].shape[1], s, s)
+    pooled, order = [], []
     for lvl in range(n_lvls):
         idx = torch.nonzero(lvls == lvl).flatten()
-        pooled = roi_align(
-            feats[lvl], rois[idx], s, spatial_scale=1.0 / extractor.strides[lvl], sampling_ratio=0, aligned=True
-        )
-        out = out.scatter(0, idx.view(-1, 1, 1, 1).expand_as(pooled), pooled)
-    return out
+        pooled.append(roi_align(
+            feats[lvl], rois[idx], extractor.output_size, spatial_scale=1.0 / extractor.strides[lvl],
+            sampling_ratio=0, aligned=True,
+        ))
+        order.append(idx)
+    return torch.cat(pooled)[torch.argsort(torch.cat(order))]
 
 
 class OnnxDetector(nn.Module):
