@@ -4,11 +4,13 @@ gradients equal one process's on the same global batch, and the distributed vali
 single-process evaluation of the same weights.
 
 One 2-process run (``tests/ddp_worker.py``, started the way a user starts ``swin-maskrcnn train``:
-Lightning re-runs the command for rank 1) is shared by the tests of this module.
+Lightning re-runs the command for rank 1) is shared by the tests of this module. In it, rank 1's
+loss is NaN at step 1 (rank 0's is finite): both ranks must skip that step together.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from test_training import make_tiny_coco, read_metrics_csv, tiny_train_config
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 STEPS = 3
+NAN_STEP = 1  # rank 1's loss is NaN at this (0-based) step
 VAL_IMAGES = 5  # val batches of 2: ranks predict 3 and 2 images
 
 
@@ -50,7 +53,7 @@ def ddp_run(tmp_path_factory):
     cfg = ddp_config(ann, imgs, root / "runs", "ddp2")
     yaml_path = save_config(cfg, root / "ddp2.yaml")
     rec = root / "record"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", DDP_TEST_NAN_LOSS=f"1:{NAN_STEP}")
     env.pop("SWIN_MASKRCNN_RUN_DIR", None)
     proc = subprocess.run([sys.executable, str(WORKER), str(yaml_path), str(rec)], capture_output=True, text=True,
                           env=env, timeout=900, cwd=str(root))
@@ -72,7 +75,26 @@ def test_two_process_run_ends_and_only_rank0_writes(ddp_run):
     assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml"]
     assert (run / "model_final.pt").is_file()
     rows = read_metrics_csv(run)
-    assert sorted(int(r["step"]) for r in rows if r.get("train/loss")) == list(range(1, STEPS + 1))
+    trained = [k for k in range(1, STEPS + 1) if k != NAN_STEP + 1]  # row k: after k steps
+    losses = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert [k for k in losses if math.isfinite(losses[k])] == trained  # the skipped step logs NaN
+
+
+def test_a_nan_loss_on_one_rank_skips_the_step_on_both(ddp_run):
+    cfg, ann, imgs, root, rec = ddp_run
+    ids = [json.loads((rec / f"batches_rank{r}.json").read_text())[NAN_STEP]["ids"] for r in (0, 1)]
+    for r in (0, 1):
+        s = json.loads((rec / f"summary_rank{r}.json").read_text())
+        assert s["nonfinite"]["skipped_steps"] == 1, r
+        (event,) = s["nonfinite"]["events"]
+        assert event["step"] == NAN_STEP and event["reason"] == "loss"
+        assert event["image_ids"] == ids[0] + ids[1]  # both ranks' images, rank order
+        assert list(event["loss_terms"]) == ["loss_cls@rank1"]
+        sums = {int(k): v for k, v in json.loads((rec / f"params_rank{r}.json").read_text()).items()}
+        before, after = sums[NAN_STEP]
+        assert before == after  # no update on either rank
+        assert all(sums[k][0] != sums[k][1] for k in sums if k != NAN_STEP)
 
 
 def test_each_rank_trains_on_its_own_shard(ddp_run):

@@ -158,6 +158,19 @@ class DetectionModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.stack([p.reshape(-1)[:1].sum() for p in params]).sum() * 0.0
 
+    def _note_nonfinite_loss(self, losses: Mapping[str, Tensor], total: Tensor, targets: Sequence[dict]) -> None:
+        """Record this step's loss event: every rank's image ids and the non-finite terms (collective:
+        every rank calls it, since the decision to skip was all-reduced)."""
+        local_bad = not math.isfinite(float(total.detach()))
+        terms = {k: float(v.detach()) for k, v in losses.items()} if local_bad else {}
+        gathered = gather_objects(self.trainer, (image_ids_of(targets), terms))
+        bad_terms = {f"{k}@rank{r}" if len(gathered) > 1 else k: v for r, (_, t) in enumerate(gathered)
+                     for k, v in t.items() if not math.isfinite(v)}
+        event = self._step_loss_event or NonFiniteEvent(step=int(self.global_step), reason="loss")
+        event.image_ids.extend(i for ids, _ in gathered for i in ids)
+        event.loss_terms.update(bad_terms)
+        self._step_loss_event = event
+
     def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> dict[str, Any]:
         images, targets = batch
         self._step_image_ids.extend(image_ids_of(targets))
@@ -167,22 +180,14 @@ class DetectionModule(L.LightningModule):
             raise RuntimeError(f"the model returned no loss_* terms (keys: {sorted(out)})")
         total = torch.stack([v.float() for v in losses.values()]).sum()
         n = len(images)
-        if self._any_rank(not bool(torch.isfinite(total))):
-            terms = {k: float(v.detach()) for k, v in losses.items()}
-            local_bad = not math.isfinite(float(total.detach()))
-            gathered = gather_objects(self.trainer, (image_ids_of(targets), terms if local_bad else {}))
-            bad_terms = {f"{k}@rank{r}" if len(gathered) > 1 else k: v for r, (_, t) in enumerate(gathered)
-                         for k, v in t.items() if not math.isfinite(v)}
-            event = self._step_loss_event or NonFiniteEvent(step=int(self.global_step), reason="loss")
-            event.image_ids.extend(i for ids, _ in gathered for i in ids)
-            event.loss_terms.update(bad_terms)
-            self._step_loss_event = event
-            self.log("step", float(self.global_step + 1), on_step=True, on_epoch=False, batch_size=n)
-            return {"loss": self._zero_loss(), "skipped": True}
-        total_d = total.detach()
+        skipped = self._any_rank(not bool(torch.isfinite(total)))
+        if skipped:
+            self._note_nonfinite_loss(losses, total, targets)
+        # a skipped step logs NaN losses (Lightning would otherwise repeat the previous step's values)
+        total_d = torch.tensor(float("nan")) if skipped else total.detach()
         metrics: dict[str, Tensor] = {"train/loss": total_d}
         for k, v in losses.items():
-            v = v.detach().float()
+            v = total_d if skipped else v.detach().float()
             metrics[f"train/{k}"] = v
             metrics[f"train/share_{k}"] = v / total_d.clamp_min(1e-12)
         for k, v in out.items():  # the model's detached statistics (acc, counts, weight_* when learned)
@@ -196,6 +201,8 @@ class DetectionModule(L.LightningModule):
         # x-axis of the loggers = optimizer steps completed after this batch (Lightning's default is
         # one less), so training rows, validation rows and checkpoint names share one step count.
         self.log("step", float(self.global_step + 1), on_step=True, on_epoch=False, batch_size=n)
+        if skipped:
+            return {"loss": self._zero_loss(), "skipped": True}
         self.last_train_metrics = {k: float(v) for k, v in metrics.items()}
         result: dict[str, Any] = {"loss": total, "total_loss": total_d}
         for k in ("acc_fg", "roi_num_pos"):
