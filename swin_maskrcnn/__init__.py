@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .apps.predict import Predictor
     from .checkpoint.loader import load_model
     from .modeling.config import LossConfig, ModelConfig, RoIConfig, RPNConfig, tiny_model_config
     from .modeling.detector import SwinMaskRCNN
@@ -22,9 +23,10 @@ _LAZY = {
     "RoIConfig": ".modeling.config",
     "tiny_model_config": ".modeling.config",
     "load_model": ".checkpoint.loader",
+    "Predictor": ".apps.predict",
 }
 
-__all__ = ["SwinMaskRCNN", "ModelConfig", "LossConfig", "RPNConfig", "RoIConfig", "tiny_model_config", "load_model"]
+__all__ = ["SwinMaskRCNN", "ModelConfig", "LossConfig", "RPNConfig", "RoIConfig", "tiny_model_config", "load_model", "Predictor"]
 __version__ = "0.1.0"
 
 

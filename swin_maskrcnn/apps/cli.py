@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..io_utils import OutputWriteError, json_ready
-from . import demo, export
+from . import demo, export, predict
 from ..training.config import ConfigError
 from ..training.nonfinite import NonFiniteTrainingError
 
@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    predict.register_subcommand(sub)
     export.register_subcommand(sub)
     demo.register_subcommand(sub)
     return parser

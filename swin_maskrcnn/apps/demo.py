@@ -47,15 +47,13 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_demo", "default_config_path", "default_threads", "register_subcommand", "demo_line", "draw_overlay", "plot_curves"]
+__all__ = ["run_demo", "prepare_demo", "train_demo", "evaluate_demo", "draw_demo", "default_config_path",
+           "default_threads", "register_subcommand", "demo_line", "draw_overlay", "plot_curves"]
 
 #: the demo recipe's file name; searched next to the package (installed) and in the repository
 CONFIG_NAME = "demo.yaml"
 #: predictions drawn in the overlays have at least this score
 OVERLAY_SCORE_THR = 0.5
-#: class colours of the overlays (RGB)
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
 
 
 def default_config_path() -> Path:
@@ -234,22 +232,6 @@ def _finish_recipe(raw: dict[str, Any], demo: dict[str, Any], path_hint: str, ou
 # ------------------------------------------------------------------------------------------------
 # pictures
 # ------------------------------------------------------------------------------------------------
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def _boundary(m: np.ndarray) -> np.ndarray:
-    """Pixels of ``m`` with a 4-neighbour outside ``m``."""
-    pad = np.pad(m, 1, constant_values=False)
-    inner = pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
-    return m & ~inner
-
-
 def draw_overlay(
     image: np.ndarray,
     instances: Sequence[dict[str, Any]],
@@ -257,49 +239,30 @@ def draw_overlay(
     scale: int = 3,
     title: Optional[str] = None,
 ) -> "Any":
-    """PIL image of ``image`` (H, W, 3 uint8) upscaled ``scale`` times with the instances drawn:
-    masks tinted in their class colour, boxes outlined, ``name score`` labels. Each instance has
-    ``mask`` (H, W bool), ``bbox`` [x, y, w, h], ``label`` (index into ``class_names``) and
-    optionally ``score``."""
-    from PIL import Image, ImageDraw
+    """(3, H', W') uint8 tensor of ``image`` (H, W, 3 uint8) upscaled ``scale`` times with the instances
+    drawn by :func:`~swin_maskrcnn.apps.visualize.draw_detections` (the code ``predict --viz`` uses),
+    under an optional title. Each instance has ``mask`` (H, W bool), ``bbox`` [x, y, w, h], ``label``
+    (index into ``class_names``) and optionally ``score``."""
+    import torch
+
+    from .visualize import add_title, draw_detections
 
     h, w = image.shape[:2]
-    big = np.repeat(np.repeat(image.astype(np.float32), scale, axis=0), scale, axis=1)
-    for inst in instances:
-        colour = np.array(PALETTE[int(inst["label"]) % len(PALETTE)], dtype=np.float32)
-        m = np.asarray(inst["mask"]).astype(bool)
-        m = np.repeat(np.repeat(m, scale, axis=0), scale, axis=1)
-        big[m] = 0.5 * big[m] + 0.5 * colour
-        big[_boundary(m)] = colour  # the mask's outline in full colour
-    big = Image.fromarray(np.clip(big, 0, 255).astype(np.uint8))
-    top = 14 if title else 0
-    out = Image.new("RGB", (w * scale, h * scale + top), (255, 255, 255))
-    out.paste(big, (0, top))
-    draw = ImageDraw.Draw(out)
-    font = _font(11)
-    if title:
-        draw.text((3, 1), title, fill=(0, 0, 0), font=font)
-    for inst in instances:
-        colour = PALETTE[int(inst["label"]) % len(PALETTE)]
-        x, y, bw, bh = (float(v) * scale for v in inst["bbox"])
-        y += top
-        draw.rectangle([x, y, x + bw - 1, y + bh - 1], outline=colour, width=2)
-        text = class_names[int(inst["label"])]
-        if inst.get("score") is not None:
-            text += f" {float(inst['score']):.2f}"
-        tb = draw.textbbox((0, 0), text, font=font)
-        tw, th = tb[2] - tb[0], tb[3] - tb[1]
-        ty = y - th - 4 if y - th - 4 >= top else y + 1
-        tx = min(max(0.0, x), w * scale - tw - 4)
-        draw.rectangle([tx, ty, tx + tw + 3, ty + th + 3], fill=colour)
-        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
-        draw.text((tx + 2, ty + 1 - tb[1]), text, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255), font=font)
-    return out
+    boxes = np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in (inst["bbox"] for inst in instances)],
+                     dtype=np.float32).reshape(-1, 4)
+    masks = np.stack([np.asarray(inst["mask"], dtype=bool) for inst in instances]) if instances else np.zeros((0, h, w), bool)
+    scores = [inst["score"] for inst in instances] if instances and all("score" in i for i in instances) else None
+    picture = draw_detections(image, boxes, [int(i["label"]) for i in instances], class_names,
+                              masks=torch.from_numpy(masks), scores=scores, scale=scale)
+    return add_title(picture, title) if title else picture
 
 
 def _write_overlays(out_dir: Path, val_ds: Any, results: Sequence[dict], num: int) -> list[str]:
-    from PIL import Image
+    import torch
     from pycocotools import mask as mask_utils
+
+    from ..data.images import load_rgb_image
+    from .visualize import save_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("val_*.png"):
@@ -314,9 +277,7 @@ def _write_overlays(out_dir: Path, val_ds: Any, results: Sequence[dict], num: in
     ids = [i for i in sorted(coco.getImgIds()) if coco.getAnnIds(imgIds=[i], iscrowd=None)][: max(0, num)]
     paths = []
     for img_id in ids:
-        info = coco.imgs[img_id]
-        with Image.open(Path(val_ds.image_dir) / info["file_name"]) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = load_rgb_image(Path(val_ds.image_dir) / coco.imgs[img_id]["file_name"])
         gt = [{"mask": coco.annToMask(a).astype(bool), "bbox": a["bbox"], "label": cat_to_label[a["category_id"]]}
               for a in coco.loadAnns(coco.getAnnIds(imgIds=[img_id], iscrowd=None))]
         preds = sorted((r for r in by_image.get(img_id, []) if r["score"] >= OVERLAY_SCORE_THR),
@@ -325,11 +286,8 @@ def _write_overlays(out_dir: Path, val_ds: Any, results: Sequence[dict], num: in
                  "label": cat_to_label[r["category_id"]], "score": r["score"]} for r in preds]
         left = draw_overlay(image, gt, names, title=f"ground truth ({len(gt)})")
         right = draw_overlay(image, pred, names, title=f"predictions, score >= {OVERLAY_SCORE_THR} ({len(pred)})")
-        both = Image.new("RGB", (left.width + right.width + 6, left.height), (255, 255, 255))
-        both.paste(left, (0, 0))
-        both.paste(right, (left.width + 6, 0))
-        path = out_dir / f"val_{img_id:06d}.png"
-        both.save(path)
+        gap = torch.full((3, left.shape[1], 6), 255, dtype=torch.uint8)
+        path = save_png(torch.cat([left, gap, right], dim=2), out_dir / f"val_{img_id:06d}.png")
         paths.append(str(path))
     return paths
 
@@ -417,6 +375,71 @@ def plot_curves(rows: Sequence[dict[str, float]], path: Union[str, Path],
 # ------------------------------------------------------------------------------------------------
 # the demo
 # ------------------------------------------------------------------------------------------------
+def prepare_demo(
+    out_dir: Path, seed: int, steps: Optional[int], config: Optional[Union[str, Path]], overrides: Sequence[str],
+    demo_overrides: dict[str, Any], progress: bool,
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Phase 1: the recipe, the synthetic dataset (reused when it matches) and the validated
+    TrainConfig. Returns (config, data paths and generation seconds, demo section)."""
+    path = Path(config) if config is not None else default_config_path()
+    raw, demo = _load_recipe(path)
+    demo.update({k: v for k, v in demo_overrides.items() if v is not None})
+    data = _generate_data(out_dir / "data", demo, seed)
+    cfg = _finish_recipe(raw, demo, str(path), out_dir, data, seed, steps, progress, overrides)
+    return cfg, data, demo
+
+
+def train_demo(cfg: Any, out_dir: Path) -> tuple[dict[str, Any], float]:
+    """Phase 2: train from scratch into ``out_dir/run`` (a previous run there is removed: no resume,
+    no stale checkpoints or logs). Returns (the training summary, seconds)."""
+    import torch
+
+    from ..training.train import train
+
+    run_dir = out_dir / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    log.info("training %d steps (batch %d, %dx%d px, %d threads) into %s", cfg.optim.max_steps,
+             cfg.data.batch_size, *cfg.data.scale, torch.get_num_threads(), run_dir)
+    t0 = time.time()
+    summary = train(cfg, name_hint="demo")
+    return summary, time.time() - t0
+
+
+def evaluate_demo(summary: dict[str, Any], cfg: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """Phase 3: COCOeval of the final weights on the whole held-out split. Returns ``metrics``,
+    ``results`` (COCO result dicts), ``val_ds``, ``box_ap`` / ``mask_ap`` (COCOeval's -1 and a missing
+    "segm" entry, i.e. no prediction at all, reported as 0) and ``seconds``."""
+    from ..checkpoint.loader import load_checkpoint
+    from ..data.coco import CocoInstanceDataset
+    from ..data.transforms import build_test_transforms
+    from ..evaluation import evaluate_model
+
+    t0 = time.time()
+    model, _, _ = load_checkpoint(summary["final_model"])
+    test_scale = None if cfg.data.test_scale is None else tuple(cfg.data.test_scale)
+    val_ds = CocoInstanceDataset(data["val_ann"], data["val_images"], transforms=build_test_transforms(test_scale))
+    metrics, results = evaluate_model(model, val_ds, batch_size=cfg.data.val_batch_size,
+                                      max_dets=tuple(cfg.runtime.val_max_dets), progress=False,
+                                      score_thr=float(cfg.model.roi.score_thr))
+    return {
+        "metrics": metrics, "results": results, "val_ds": val_ds,
+        "box_ap": max(float(metrics["bbox"]["AP"]), 0.0),
+        "mask_ap": max(float(metrics["segm"]["AP"]), 0.0) if "segm" in metrics else 0.0,
+        "seconds": time.time() - t0,
+    }
+
+
+def draw_demo(out_dir: Path, evaluation: dict[str, Any], summary: dict[str, Any], overlay_images: int) -> tuple[list[str], Path, float]:
+    """Phase 4: overlays of held-out images and the loss/AP curves. Returns (overlay paths, plot, seconds)."""
+    t0 = time.time()
+    overlays = _write_overlays(out_dir / "overlays", evaluation["val_ds"], evaluation["results"], int(overlay_images))
+    rows = _read_csv_logs(Path(summary["run_dir"]))
+    final = (evaluation["box_ap"], evaluation["mask_ap"], int(summary["global_step"]))
+    plot = plot_curves(rows, out_dir / "curves.png", final=final)
+    return overlays, plot, time.time() - t0
+
+
 def run_demo(
     out_dir: Union[str, Path] = "demo_out",
     minutes_budget: Optional[float] = 15.0,
@@ -431,7 +454,8 @@ def run_demo(
     threads: Optional[int] = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Generate data, train, evaluate on the held-out split, draw overlays and curves.
+    """Generate data, train, evaluate on the held-out split, draw overlays and curves (one function per phase:
+    :func:`prepare_demo`, :func:`train_demo`, :func:`evaluate_demo`, :func:`draw_demo`).
 
     ``steps`` overrides the recipe's ``optim.max_steps`` (warmup scaled with it);
     ``train_images`` / ``val_images`` / ``image_size`` / ``overlay_images`` override the recipe's
@@ -447,10 +471,7 @@ def run_demo(
     t_start, cpu_start = time.time(), time.process_time()
     import torch
 
-    from ..data.coco import CocoInstanceDataset
-    from ..data.transforms import build_test_transforms
-    from ..evaluation import evaluate_model
-    from ..training.train import train
+    from ..io_utils import atomic_write
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -459,50 +480,20 @@ def run_demo(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
     try:
-        path = Path(config) if config is not None else default_config_path()
-        raw, demo = _load_recipe(path)
-        for key, value in (("train_images", train_images), ("val_images", val_images),
-                           ("image_size", image_size), ("overlay_images", overlay_images)):
-            if value is not None:
-                demo[key] = value
-        data = _generate_data(out_dir / "data", demo, seed)
-        cfg = _finish_recipe(raw, demo, str(path), out_dir, data, seed, steps, progress, overrides)
-        run_dir = out_dir / "run"
-        if run_dir.exists():  # a previous demo's run: start clean (no resume, no stale checkpoints/logs)
-            shutil.rmtree(run_dir)
-        log.info("training %d steps (batch %d, %dx%d px, %d threads) into %s", cfg.optim.max_steps,
-                 cfg.data.batch_size, *cfg.data.scale, torch.get_num_threads(), run_dir)
-        t_train = time.time()
-        summary = train(cfg, name_hint="demo")
-        train_s = time.time() - t_train
-
-        t_eval = time.time()
-        from ..checkpoint.native import load_checkpoint
-
-        model, _, _ = load_checkpoint(summary["final_model"])
-        test_scale = None if cfg.data.test_scale is None else tuple(cfg.data.test_scale)
-        val_ds = CocoInstanceDataset(data["val_ann"], data["val_images"], transforms=build_test_transforms(test_scale))
-        metrics, results = evaluate_model(model, val_ds, batch_size=cfg.data.val_batch_size,
-                                          max_dets=tuple(cfg.runtime.val_max_dets), progress=False,
-                                          score_thr=float(cfg.model.roi.score_thr))
-        eval_s = time.time() - t_eval
-        # no prediction at all gives no "segm" entry; COCOeval's -1 (undefined) is reported as 0
-        box_ap = max(float(metrics["bbox"]["AP"]), 0.0)
-        mask_ap = max(float(metrics["segm"]["AP"]), 0.0) if "segm" in metrics else 0.0
-
-        t_pics = time.time()
-        overlays = _write_overlays(out_dir / "overlays", val_ds, results, int(demo["overlay_images"]))
-        rows = _read_csv_logs(Path(summary["run_dir"]))
-        plot = plot_curves(rows, out_dir / "curves.png", final=(box_ap, mask_ap, int(summary["global_step"])))
-        pics_s = time.time() - t_pics
+        demo_overrides = {"train_images": train_images, "val_images": val_images, "image_size": image_size,
+                          "overlay_images": overlay_images}
+        cfg, data, demo = prepare_demo(out_dir, seed, steps, config, overrides, demo_overrides, progress)
+        summary, train_s = train_demo(cfg, out_dir)
+        ev = evaluate_demo(summary, cfg, data)
+        overlays, plot, pics_s = draw_demo(out_dir, ev, summary, demo["overlay_images"])
         total_s = time.time() - t_start
         within = minutes_budget is None or total_s <= 60.0 * minutes_budget
         if not within:
             log.warning("the demo took %.1f min, over its budget of %.1f min", total_s / 60, minutes_budget)
         result = {
-            "box_ap": box_ap,
-            "mask_ap": mask_ap,
-            "metrics": metrics,
+            "box_ap": ev["box_ap"],
+            "mask_ap": ev["mask_ap"],
+            "metrics": ev["metrics"],
             "overlays": overlays,
             "plot": str(plot),
             "run_dir": summary["run_dir"],
@@ -510,16 +501,17 @@ def run_demo(
             "steps": int(summary["global_step"]),
             "threads": torch.get_num_threads(),
             "summary": summary,
-            "timings": {"data_s": data["seconds"], "train_s": train_s, "eval_s": eval_s, "pictures_s": pics_s,
+            "timings": {"data_s": data["seconds"], "train_s": train_s, "eval_s": ev["seconds"], "pictures_s": pics_s,
                         "total_s": total_s, "cpu_s": time.process_time() - cpu_start},
             "within_budget": within,
             "minutes_budget": minutes_budget,
         }
-        with open(out_dir / "metrics.json", "w", encoding="utf-8") as f:
-            json.dump({k: v for k, v in result.items() if k != "summary"}, f, indent=1, default=str)
+        report = {k: v for k, v in result.items() if k != "summary"}
+        atomic_write(out_dir / "metrics.json", lambda f: json.dump(report, f, indent=1, default=str))
         log.info("demo finished in %.1f min (data %.0f s, training %.0f s, evaluation %.0f s): box AP %.3f, "
                  "mask AP %.3f on %d held-out images; overlays in %s, curves in %s", total_s / 60, data["seconds"],
-                 train_s, eval_s, box_ap, mask_ap, metrics["num_images"], out_dir / "overlays", plot)
+                 train_s, ev["seconds"], ev["box_ap"], ev["mask_ap"], ev["metrics"]["num_images"],
+                 out_dir / "overlays", plot)
         return result
     finally:
         torch.set_num_threads(previous_threads)

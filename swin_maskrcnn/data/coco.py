@@ -65,11 +65,11 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from ..io_utils import stdout_to_log
+from .images import load_rgb_image, pil_to_rgb_uint8
 from .transforms import to_float_image, unwrap_target
 
 logger = logging.getLogger(__name__)
@@ -78,56 +78,6 @@ __all__ = ["CocoInstanceDataset", "load_rgb_image", "pil_to_rgb_uint8"]
 
 _MAX_WARNINGS_PER_KIND = 20
 _CLIP_WARN_PX = 1.0
-
-
-# ------------------------------------------------------------------------------------------------
-# images
-# ------------------------------------------------------------------------------------------------
-def pil_to_rgb_uint8(img: Image.Image) -> np.ndarray:
-    """Converts any PIL image to an 8-bit RGB array (H, W, 3).
-
-    * 16-bit grayscale (``I;16*``) is scaled by 255 / 65535 (full range, rounded), not clipped.
-    * 32-bit integer (``I``): values within [0, 65535] (how Pillow often opens 16-bit PNGs) are
-      scaled by 255 / 65535; other ranges are min-max scaled.
-    * float (``F``): values within [0, 1] are scaled by 255, other ranges min-max scaled.
-    * everything else (L, P, RGBA, LA, CMYK, 1, ...) goes through ``convert("RGB")``; an alpha
-      channel is dropped (as cv2's IMREAD_COLOR does), palette images with transparency go
-      through RGBA first.
-    """
-    mode = img.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(img).astype(np.float64)
-        if arr.ndim == 3:
-            arr = arr[..., 0]
-        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-        if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
-            scaled = arr * (255.0 / 65535.0)
-        elif mode == "F" and lo >= 0 and hi <= 1:
-            scaled = arr * 255.0
-        else:
-            scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.array(img, dtype=np.uint8)
-
-
-def load_rgb_image(path: Union[str, Path]) -> np.ndarray:
-    """Reads an image with PIL, applies its EXIF orientation and returns uint8 RGB (H, W, 3).
-    Raises FileNotFoundError / ValueError (unreadable) naming the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return pil_to_rgb_uint8(img)
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------------

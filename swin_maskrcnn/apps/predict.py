@@ -1,0 +1,310 @@
+"""Predictions on image files: :class:`Predictor` (Python) and ``swin-maskrcnn predict`` (command line).
+
+    swin-maskrcnn predict --checkpoint CKPT --out preds.json [--viz DIR] [--score-thr T]
+        [--max-per-img N] [--batch-size B] [--device D] [--scale LONG SHORT | --no-resize] IMAGE_OR_DIR...
+
+``CKPT`` is any file :func:`swin_maskrcnn.load_model` reads. Folders are searched recursively for
+:data:`~swin_maskrcnn.data.images.IMAGE_EXTENSIONS`; images are read as in training
+(:func:`~swin_maskrcnn.data.images.load_rgb_image`: EXIF orientation, grayscale / RGBA / 16-bit to
+8-bit RGB). The test resize is the checkpoint's test scale unless ``--scale`` / ``--no-resize`` say
+otherwise. The output is a COCO results JSON list, one entry per detection::
+
+    {"image": "photos/a.jpg", "file_name": "a.jpg", "category_id": 3, "bbox": [x, y, w, h],
+     "score": 0.93, "segmentation": {"size": [h, w], "counts": "..."}}
+
+``file_name`` is the path relative to the folder given on the command line (the file name for a
+file argument); ``category_id`` is the checkpoint's dataset category id, or label + 1 when the
+checkpoint stores none (mmdet files). The file is written atomically. An image that cannot be read
+gets one error line naming it; the others are still predicted and the exit status is 1.
+
+Loading a model and predicting imports no Lightning, pycocotools, matplotlib or TensorBoard; only
+writing the JSON's RLE masks imports pycocotools.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..data.images import IMAGE_EXTENSIONS, load_rgb_image, pil_to_rgb_uint8
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Predictor", "ImageSource", "collect_images", "to_coco_results", "register_subcommand", "DEFAULT_TEST_SCALE"]
+
+#: mmdet's test resize, used when neither the model nor the caller gives one
+DEFAULT_TEST_SCALE = (1333, 800)
+
+PathLike = Union[str, os.PathLike]
+ImageInput = Union[PathLike, np.ndarray, Tensor, Any]  # Any: a PIL image
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image file to predict: ``path`` as found, ``file_name`` relative to the folder given."""
+
+    path: Path
+    file_name: str
+
+
+def collect_images(inputs: Sequence[PathLike]) -> tuple[list[ImageSource], list[str]]:
+    """(image files, error lines) for files and folders (searched recursively, sorted, extensions of
+    :data:`IMAGE_EXTENSIONS` in any case). A missing path or a folder without images is an error line."""
+    found: list[ImageSource] = []
+    errors: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                errors.append(f"{p}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+            found.extend(ImageSource(f, f.relative_to(p).as_posix()) for f in files)
+        elif p.is_file():
+            found.append(ImageSource(p, p.name))
+        else:
+            errors.append(f"{p}: no such file or folder")
+    return found, errors
+
+
+def _model_test_scale(model: nn.Module) -> Optional[tuple[int, int]]:
+    """The test resize the model was trained for (None = images at their own size)."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and "test_scale" in type(cfg).model_fields:
+        scale = cfg.test_scale
+        return None if scale is None else (int(scale[0]), int(scale[1]))
+    scale = getattr(model, "test_scale", DEFAULT_TEST_SCALE)
+    return None if scale is None else (int(scale[0]), int(scale[1]))
+
+
+class Predictor:
+    """Batched predictions for images, arrays or files, with the checkpoint's settings.
+
+    ``model_or_path``: a ``SwinMaskRCNN`` or any checkpoint file (``overrides`` such as
+    ``roi={"max_per_img": 300}`` then apply, as in :func:`~swin_maskrcnn.load_model`).
+    ``scale``: ``"model"`` (the model's test scale), a (long, short) pair, or None (no resize).
+    The model is moved to ``device`` (default: cuda when available) and put in eval mode.
+
+    :meth:`predict` returns, per image, ``boxes`` (K, 4) xyxy float32 in the original image's pixels,
+    ``scores`` (K,), ``labels`` (K,) in 0..C-1, ``masks`` (K, H, W) bool, ``category_ids`` (K,) (the
+    dataset's ids, else label + 1), ``class_names`` (K names) and ``image`` (the path, or None).
+    """
+
+    def __init__(
+        self,
+        model_or_path: Union[nn.Module, PathLike],
+        device: Optional[Union[str, torch.device]] = None,
+        batch_size: int = 1,
+        scale: Union[str, tuple[int, int], None] = "model",
+        **overrides: Any,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(model_or_path, (str, os.PathLike)):
+            from ..checkpoint.loader import load_checkpoint
+
+            model, _, meta = load_checkpoint(model_or_path, **overrides)
+            if not hasattr(model.cfg, "test_scale"):  # checkpoints store the test scale in the training config
+                data = (meta.get("train_config") or {}).get("data") or {}
+                model.test_scale = tuple(data["test_scale"]) if "test_scale" in data and data["test_scale"] else (
+                    None if "test_scale" in data else DEFAULT_TEST_SCALE)
+        elif isinstance(model_or_path, nn.Module):
+            if overrides:
+                raise ValueError(f"overrides {sorted(overrides)} need a checkpoint path; a model keeps its config")
+            model = model_or_path
+        else:
+            raise TypeError(f"expected a model or a checkpoint path, got {type(model_or_path).__name__}")
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device).eval()
+        self.batch_size = int(batch_size)
+        if isinstance(scale, str):
+            if scale != "model":
+                raise ValueError(f"scale must be 'model', a (long, short) pair or None, got {scale!r}")
+            scale = _model_test_scale(model)
+        self.scale = None if scale is None else (int(scale[0]), int(scale[1]))
+        n = model.cfg.num_classes
+        names = getattr(model, "class_names", None)
+        self.class_names = list(names) if names else [str(i) for i in range(n)]
+        mapping = getattr(model, "label_to_cat_id", None)
+        self.label_to_cat_id = {int(k): int(v) for k, v in mapping.items()} if mapping else {i: i + 1 for i in range(n)}
+
+    # --------------------------------------------------------------------------------------------
+    def _as_array(self, item: ImageInput) -> tuple[Union[np.ndarray, Tensor], Optional[str]]:
+        if isinstance(item, (str, os.PathLike)):
+            return load_rgb_image(item), str(item)
+        if isinstance(item, (np.ndarray, Tensor)):
+            return item, None
+        if hasattr(item, "mode") and hasattr(item, "size"):  # a PIL image: the file reader's conversion
+            from PIL import ImageOps
+
+            return pil_to_rgb_uint8(ImageOps.exif_transpose(item)), None
+        raise TypeError(f"expected an image path, array, tensor or PIL image, got {type(item).__name__}")
+
+    def _run(self, images: list[Union[np.ndarray, Tensor]], names: list[Optional[str]],
+             keep_images: bool = False) -> list[dict[str, Any]]:
+        outs = self.model.predict(images, resize=self.scale is not None, scale=self.scale or DEFAULT_TEST_SCALE)
+        results = []
+        for out, name, arr in zip(outs, names, images):
+            r = {k: v.detach().cpu() for k, v in out.items()}
+            labels = r["labels"].tolist()
+            r["category_ids"] = torch.tensor([self.label_to_cat_id[lab] for lab in labels], dtype=torch.int64)
+            r["class_names"] = [self.class_names[lab] for lab in labels]
+            r["image"] = name
+            if keep_images:
+                r["image_array"] = arr
+            results.append(r)
+        return results
+
+    def iter_predict(
+        self, items: Iterable[ImageInput], keep_images: bool = False
+    ) -> Iterator[tuple[int, Union[dict[str, Any], Exception]]]:
+        """(index, result) per input in order; an input that cannot be read yields (index, the error).
+
+        ``keep_images`` adds ``image_array``, the image as it was read (for drawing)."""
+        batch: list[Union[np.ndarray, Tensor]] = []
+        names: list[Optional[str]] = []
+        idx: list[int] = []
+        for i, item in enumerate(items):
+            try:
+                arr, name = self._as_array(item)
+            except (OSError, ValueError) as e:
+                yield i, e
+                continue
+            batch.append(arr)
+            names.append(name)
+            idx.append(i)
+            if len(batch) == self.batch_size:
+                yield from zip(idx, self._run(batch, names, keep_images))
+                batch, names, idx = [], [], []
+        if batch:
+            yield from zip(idx, self._run(batch, names, keep_images))
+
+    def predict(self, images_or_paths: Union[ImageInput, Sequence[ImageInput]]) -> list[dict[str, Any]]:
+        """Predictions for image paths, uint8 (H, W, 3) arrays, (3, H, W) tensors or PIL images, in order.
+
+        An unreadable file raises (FileNotFoundError / ValueError naming it)."""
+        if isinstance(images_or_paths, (str, os.PathLike, np.ndarray, Tensor)) or hasattr(images_or_paths, "mode"):
+            images_or_paths = [images_or_paths]
+        results = []
+        for _, r in self.iter_predict(images_or_paths):
+            if isinstance(r, Exception):
+                raise r
+            results.append(r)
+        return results
+
+
+def to_coco_results(result: dict[str, Any], image: Optional[str] = None, file_name: Optional[str] = None) -> list[dict]:
+    """One image's :meth:`Predictor.predict` result as COCO result dicts (bbox xywh, RLE masks).
+
+    Imports pycocotools (for the RLE encoding)."""
+    from ..evaluation import predictions_to_coco_results
+
+    mapping = {i: int(c) for i, c in enumerate(result["category_ids"].tolist())}
+    per_det = {k: result[k] for k in ("boxes", "scores", "masks") if k in result}
+    per_det["labels"] = torch.arange(len(mapping))  # each detection carries its own category id
+    entries = predictions_to_coco_results([per_det], [0], mapping)
+    head = {}
+    if image is not None:
+        head["image"] = image
+    if file_name is not None:
+        head["file_name"] = file_name
+    return [{**head, **{k: v for k, v in e.items() if k != "image_id"}} for e in entries]
+
+
+# ------------------------------------------------------------------------------------------------
+# command line (plugged into swin_maskrcnn.apps.cli)
+# ------------------------------------------------------------------------------------------------
+def register_subcommand(sub: Any) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="detect and segment objects in image files and folders",
+        description=(
+            "Predict with a checkpoint (ours .pt/.safetensors, a Lightning .ckpt from 'train', or an mmdet .pth) on "
+            "image files and folders (searched recursively). Writes a COCO results JSON (image, file_name, "
+            "category_id, bbox xywh, score, RLE segmentation) and, with --viz, one PNG per image."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and folders")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file")
+    p.add_argument("--out", required=True, help="COCO results JSON to write")
+    p.add_argument("--viz", metavar="DIR", default=None, help="write one PNG per image with masks, boxes, names, scores")
+    p.add_argument("--score-thr", type=float, default=None, help="score threshold (default: the checkpoint's)")
+    p.add_argument("--max-per-img", type=int, default=None, help="detections per image (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+                      help="keep-ratio test resize (default: the checkpoint's test scale)")
+    size.add_argument("--no-resize", action="store_true", help="feed images at their own size")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _viz_path(viz_dir: Path, file_name: str, used: set[Path]) -> Path:
+    path = viz_dir / Path(file_name).with_suffix(".png")
+    n = 1
+    while path in used:
+        path = viz_dir / Path(file_name).with_name(f"{Path(file_name).stem}_{n}.png")
+        n += 1
+    used.add(path)
+    return path
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from ..evaluation import save_results_json
+    from ..training.config import ConfigError
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_per_img is not None and args.max_per_img < 1:
+        raise ConfigError(f"--max-per-img must be >= 1, got {args.max_per_img}")
+    if args.score_thr is not None and not 0.0 <= args.score_thr <= 1.0:
+        raise ConfigError(f"--score-thr must be in [0, 1], got {args.score_thr}")
+    roi = {k: v for k, v in (("score_thr", args.score_thr), ("max_per_img", args.max_per_img)) if v is not None}
+    scale: Union[str, tuple[int, int], None] = None if args.no_resize else (tuple(args.scale) if args.scale else "model")
+    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, scale=scale,
+                          **({"roi": roi} if roi else {}))
+    sources, errors = collect_images(args.inputs)
+    for line in errors:
+        print(f"swin-maskrcnn predict: error: {line}", file=sys.stderr)
+    log.info("predicting %d images with %s (test scale %s, device %s)", len(sources), args.checkpoint,
+             predictor.scale or "none", predictor.device)
+    viz_dir = Path(args.viz) if args.viz else None
+    used: set[Path] = set()
+    results: list[dict] = []
+    failed = len(errors)
+    with tqdm(total=len(sources), desc="predict", unit="img", disable=args.no_progress, file=sys.stderr) as bar:
+        for i, r in predictor.iter_predict((s.path for s in sources), keep_images=viz_dir is not None):
+            src = sources[i]
+            bar.update(1)
+            if isinstance(r, Exception):
+                failed += 1
+                tqdm.write(f"swin-maskrcnn predict: error: {r}", file=sys.stderr)
+                continue
+            results.extend(to_coco_results(r, str(src.path), src.file_name))
+            if viz_dir is not None:
+                _write_viz(predictor, r, _viz_path(viz_dir, src.file_name, used))
+    save_results_json(results, args.out)
+    n_ok = len(sources) - (failed - len(errors))
+    print(f"{len(results)} detections on {n_ok} images written to {args.out}"
+          + (f"; {failed} inputs failed" if failed else ""))
+    return 1 if failed else 0
+
+
+def _write_viz(predictor: Predictor, result: dict[str, Any], path: Path) -> None:
+    from .visualize import draw_detections, save_png
+
+    picture = draw_detections(result["image_array"], result["boxes"], result["labels"], predictor.class_names,
+                              masks=result["masks"], scores=result["scores"])
+    save_png(picture, path)
