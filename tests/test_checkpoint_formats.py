@@ -252,3 +252,49 @@ def test_unknown_file_is_a_clear_error(tmp_path):
     assert str(path) in str(e.value)
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_model(tmp_path / "nope.pt")
+
+
+# ------------------------------------------------------------------------------------------------
+# export --format onnx: the command's wiring to swin_maskrcnn.apps.onnx_export
+# ------------------------------------------------------------------------------------------------
+def _native_file(tmp_path) -> Path:
+    cfg = tiny_model_config(num_classes=2)
+    return save_checkpoint(tmp_path / "m.pt", SwinMaskRCNN(cfg), cfg, NAMES, {3: 0, 7: 1})
+
+
+def test_export_onnx_calls_the_exporter_with_the_loaded_model(tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    calls = []
+
+    def export_onnx(model, out_path, opset=None):
+        calls.append((model, out_path, opset))
+        Path(out_path).write_bytes(b"onnx")
+        return Path(out_path)
+
+    fake = types.ModuleType("swin_maskrcnn.apps.onnx_export")
+    fake.export_onnx = export_onnx
+    monkeypatch.setitem(sys.modules, "swin_maskrcnn.apps.onnx_export", fake)
+    path = _native_file(tmp_path)
+    out = tmp_path / "m.onnx"
+    assert cli_main(["export", "--format", "onnx", "--checkpoint", str(path), "--out", str(out), "--opset", "18"]) == 0
+    (model, out_path, opset), = calls
+    assert isinstance(model, SwinMaskRCNN) and not model.training
+    assert model.class_names == NAMES and model.label_to_cat_id == {0: 3, 1: 7}
+    assert Path(out_path) == out and opset == 18 and out.read_bytes() == b"onnx"
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_export_onnx_without_the_exporter_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "swin_maskrcnn.apps.onnx_export", None)  # import fails as if absent
+    path = _native_file(tmp_path)
+    rc = cli_main(["export", "--format", "onnx", "--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "ONNX export is not available" in err and "swin-maskrcnn[export]" in err
+    assert cli_main(["export", "--format", "safetensors", "--checkpoint", str(path), "--out",
+                     str(tmp_path / "m.safetensors"), "--opset", "17"]) == 2
+    assert "--opset applies to --format onnx only" in capsys.readouterr().err

@@ -31,22 +31,39 @@ def export_safetensors(checkpoint: Any, out: Any) -> Path:
     return save_safetensors(out, model, out_meta)
 
 
+_ONNX_MODULES = ("swin_maskrcnn.apps.onnx_export", "onnx", "onnxruntime")
+
+
+class OnnxUnavailable(RuntimeError):
+    """The ONNX exporter or its packages are not installed."""
+
+
+def _onnx_unavailable(e: ImportError) -> OnnxUnavailable:
+    return OnnxUnavailable(
+        f"ONNX export is not available here ({e}): it needs swin_maskrcnn.apps.onnx_export and the [export] extra "
+        "(pip install 'swin-maskrcnn[export]')"
+    )
+
+
 def _export_onnx(checkpoint: str, out: str, opset: Optional[int]) -> Path:
+    """``export_onnx(model, out, opset=...)`` of :mod:`swin_maskrcnn.apps.onnx_export` on the loaded checkpoint."""
     try:
         from .onnx_export import export_onnx
     except ModuleNotFoundError as e:
-        if e.name not in ("swin_maskrcnn.apps.onnx_export", "onnx", "onnxruntime"):
+        if e.name not in _ONNX_MODULES:
             raise
-        raise RuntimeError(
-            f"ONNX export is not available here ({e.name} is missing): it needs swin_maskrcnn.apps.onnx_export "
-            "and the [export] extra (pip install 'swin-maskrcnn[export]')"
-        ) from None
+        raise _onnx_unavailable(e) from None
     from ..checkpoint.loader import load_model
 
     model = load_model(checkpoint)
     kwargs = {} if opset is None else {"opset": opset}
-    export_onnx(model, out, **kwargs)
-    return Path(out)
+    try:
+        written = export_onnx(model, out, **kwargs)
+    except ImportError as e:  # onnx imported lazily by the exporter
+        if getattr(e, "name", None) not in (None, *_ONNX_MODULES):
+            raise
+        raise _onnx_unavailable(e) from None
+    return Path(written) if written is not None else Path(out)
 
 
 def register_subcommand(sub: Any) -> None:
@@ -77,7 +94,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         try:
             path = _export_onnx(args.checkpoint, args.out, args.opset)
-        except RuntimeError as e:
+        except OnnxUnavailable as e:
             raise ConfigError(str(e)) from None
     print(f"wrote {path}")
     return 0
