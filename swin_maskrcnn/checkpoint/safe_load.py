@@ -134,28 +134,34 @@ def _torch_load(path: Path, container: Container) -> Any:
 
 
 def read_safetensors(path: PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """(tensors, string metadata) of a safetensors file; truncation and bad headers name the file."""
+    """(tensors, string metadata) of a safetensors file; truncation and bad headers name the file.
+
+    Only the header is read into memory before the tensors are loaded (memory-mapped by safetensors)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
+    from safetensors.torch import load_file
 
     path = Path(path)
-    data = path.read_bytes()
-    sizes = _safetensors_sizes(data[:16], len(data))
-    if sizes is None:
-        raise CheckpointError(f"{path}: not a safetensors file")
-    n, header_end = sizes
-    if len(data) < header_end:
-        raise TruncatedCheckpointError(f"{path}: truncated: {len(data)} bytes, the safetensors header alone is {header_end}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+        sizes = _safetensors_sizes(head, size)
+        if sizes is None:
+            raise CheckpointError(f"{path}: not a safetensors file")
+        header_end = sizes[1]
+        if size < header_end:
+            raise TruncatedCheckpointError(f"{path}: truncated: {size} bytes, the safetensors header alone is {header_end}")
+        f.seek(8)
+        raw_header = f.read(header_end - 8)
     try:
-        header = json.loads(data[8:header_end])
+        header = json.loads(raw_header)
     except ValueError as e:
         raise CheckpointError(f"{path}: the safetensors header is not valid JSON: {e}") from e
     ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
     expected = header_end + max(ends, default=0)
-    if len(data) < expected:
-        raise TruncatedCheckpointError(f"{path}: truncated: {len(data)} bytes, its safetensors header describes {expected}")
+    if size < expected:
+        raise TruncatedCheckpointError(f"{path}: truncated: {size} bytes, its safetensors header describes {expected}")
     try:
-        tensors = st_load(data)
+        tensors = load_file(str(path), device="cpu")
     except SafetensorError as e:
         raise CheckpointError(f"{path}: invalid safetensors file: {e}") from e
     meta = header.get("__metadata__") or {}
