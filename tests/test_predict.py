@@ -22,7 +22,7 @@ from swin_maskrcnn.apps.cli import main
 from swin_maskrcnn.apps.visualize import PALETTE, draw_detections
 from swin_maskrcnn.checkpoint.native import save_checkpoint
 from swin_maskrcnn.data.images import load_rgb_image
-from swin_maskrcnn.modeling.config import tiny_model_config
+from swin_maskrcnn.modeling.config import ModelConfig, tiny_model_config
 
 from conftest import FIXTURES
 from test_training import make_tiny_coco, tiny_train_config
@@ -71,9 +71,13 @@ def ours(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict_ckpt")
     ann, imgs = make_tiny_coco(root / "data", n_images=1)
     cfg = tiny_train_config(ann, imgs, root / "runs", "p")
-    cfg.data.test_scale = list(SCALE)
+    extra = {}
+    if "test_scale" in ModelConfig.model_fields:  # the test scale's owner (it was data.test_scale before)
+        extra["test_scale"] = SCALE
+    else:
+        cfg.data.test_scale = list(SCALE)
     cfg.model = tiny_model_config(num_classes=2, fpn_channels=32, roi_fc_dims=64, mask_head_channels=16,
-                                  roi=dict(max_per_img=30))
+                                  roi=dict(max_per_img=30), **extra)
     torch.manual_seed(0)
     model = SwinMaskRCNN(cfg.model).eval()
     return save_checkpoint(root / "model_final.pt", model, cfg, ["rect", "ellipse"], {3: 0, 7: 1})
