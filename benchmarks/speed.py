@@ -335,7 +335,9 @@ class LocalSubjects:
         self.device = device
         self.ours = load_model(ckpt).to(device)
         if compile_mode:
-            self.ours.compile_backbone(compile_mode)  # type: ignore[attr-defined]
+            from swin_maskrcnn.modeling.acceleration import compile_dense
+
+            compile_dense(self.ours, compile_mode)
         torch.manual_seed(0)
         self.tv = torchvision.models.detection.maskrcnn_resnet50_fpn(
             weights=None, weights_backbone=None, num_classes=91, box_score_thresh=0.0).to(device)

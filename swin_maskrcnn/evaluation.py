@@ -261,12 +261,16 @@ def predict_coco_results(
     batch_size: int = 1,
     progress: bool = False,
     score_thr: float = 0.05,
+    precision: str = "fp32",
 ) -> tuple[list[dict], list[int], list[int]]:
     """Runs ``model`` (eval mode, no grad; its mode is restored) over ``dataset[i]`` for ``i`` in
     ``indices``, ``batch_size`` images per call in the order given. Returns ``(results, image_ids,
     counts)``: COCO result dicts, the image ids predicted and, per image, the number of
-    predictions with score >= ``score_thr``. One rank's share of a distributed evaluation."""
+    predictions with score >= ``score_thr``. One rank's share of a distributed evaluation.
+    ``precision='bf16'`` runs the model under bf16 autocast (:func:`inference_autocast`)."""
     from tqdm.auto import tqdm
+
+    from .modeling.acceleration import inference_autocast
 
     base = _find_coco_dataset(dataset)
     subset = torch.utils.data.Subset(dataset, list(indices))
@@ -285,7 +289,8 @@ def predict_coco_results(
             for images, targets in loader:
                 images = [im.to(device) for im in images]
                 sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
-                outputs = model(images, original_sizes=sizes)
+                with inference_autocast(device, precision):  # type: ignore[arg-type]
+                    outputs = model(images, original_sizes=sizes)
                 outputs = [{k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in o.items()} for o in outputs]
                 ids = [int(t["image_id"]) for t in targets]
                 results.extend(predictions_to_coco_results(outputs, ids, base.label_to_cat_id))
@@ -328,6 +333,7 @@ def evaluate_model(
     progress: bool = True,
     score_thr: float = 0.05,
     iou_types: Sequence[str] = ("bbox", "segm"),
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], list[dict]]:
     """Runs ``model`` (eval mode, no grad) over the first ``max_images`` images of ``dataset`` and
     evaluates the predictions with COCOeval against ``dataset.coco`` restricted to those images.
@@ -337,10 +343,11 @@ def evaluate_model(
     transforms. Returns ``(metrics, results)``: ``metrics`` as :func:`evaluate_coco` plus
     ``num_images`` and ``mean_num_predictions`` (mean per image of the predictions with score >=
     ``score_thr``); ``results`` the COCO result dicts. The model's train/eval mode is restored.
+    ``precision='bf16'`` runs the model under bf16 autocast (:func:`inference_autocast`).
     """
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     results, image_ids, counts = predict_coco_results(model, dataset, range(n), batch_size=batch_size,
-                                                      progress=progress, score_thr=score_thr)
+                                                      progress=progress, score_thr=score_thr, precision=precision)
     metrics = summarize_predictions(dataset, results, image_ids, counts, max_dets=max_dets, iou_types=iou_types)
     return metrics, results
 

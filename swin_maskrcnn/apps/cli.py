@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 
 from ..io_utils import OutputWriteError, json_ready
 from . import demo, export, predict
+from ..modeling.config import COMPILE_MODES
 from ..training.config import ConfigError
 from ..training.nonfinite import NonFiniteTrainingError
 
@@ -110,6 +111,10 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--max-per-img", type=int, default=None,
                    help="detections per image (default: the checkpoint's roi.max_per_img); set it to at least "
                         "the largest --max-dets")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: run the model under bf16 autocast (CPU or GPU; see docs/performance.md for the AP change)")
+    p.add_argument("--compile", choices=list(COMPILE_MODES), default=None,
+                   help="torch.compile the backbone and FPN with this mode (compiles on the first images)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -121,6 +126,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data.coco import CocoInstanceDataset
     from ..data.transforms import build_test_transforms
     from ..evaluation import evaluate_model, save_results_json
+    from ..modeling.acceleration import compile_dense
     from ..training.config import _atomic_write_text
 
     if args.batch_size < 1:
@@ -132,6 +138,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     roi = {k: v for k, v in (("score_thr", args.score_thr), ("max_per_img", args.max_per_img)) if v is not None}
     model, cfg, meta = load_checkpoint(args.checkpoint, map_location=device, **({"roi": roi} if roi else {}))
+    compile_dense(model, args.compile)
     if max(args.max_dets) > cfg.roi.max_per_img:
         log.warning("--max-dets %d exceeds the model's max_per_img %d: AP at %d detections is computed from at most "
                     "%d per image; pass --max-per-img %d", max(args.max_dets), cfg.roi.max_per_img,
@@ -161,6 +168,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics, results = evaluate_model(
         model, dataset, batch_size=args.batch_size, max_images=args.max_images,
         max_dets=tuple(args.max_dets), progress=not args.no_progress, score_thr=float(cfg.roi.score_thr),
+        precision=args.precision,
     )
     metrics = {"checkpoint": str(args.checkpoint), "ann": str(args.ann), **metrics}
     if args.out:

@@ -44,7 +44,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..io_utils import atomic_write
-from ..modeling.config import ModelConfig, StrictModel
+from ..modeling.config import CompileMode, ModelConfig, StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,9 @@ class RuntimeConfig(StrictModel):
     num_nodes: int = Field(1, ge=1)
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_find_unused_parameters_true, ...")
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    compile: Optional[CompileMode] = Field(
+        None, description="torch.compile the backbone and FPN with this mode (None: eager); see docs/performance.md"
+    )
     val_every_n_steps: int = Field(7330, ge=1, description="validate every N optimizer steps (mmdet: every epoch)")
     val_start_step: int = Field(0, ge=0, description="no validation before this step")
     max_val_images: Optional[int] = Field(None, ge=1, description="validate on the first N images (None: all)")

@@ -55,6 +55,7 @@ from .module import BestCheckpoint, DetectionModule, PeriodicEvaluation
 from ..checkpoint.mmdet import load_state_dict_strict
 from ..checkpoint.imagenet import load_imagenet_backbone
 from ..modeling.detector import SwinMaskRCNN
+from ..modeling.acceleration import compile_dense
 from .monitoring import CollapseDetector, ProbeMonitor
 from .config import ConfigError, TrainConfig, check_num_classes, dump_config, save_config
 
@@ -407,6 +408,7 @@ def build_model(cfg: TrainConfig, resume: Optional[Path]) -> SwinMaskRCNN:
         load_imagenet_backbone(model.backbone, cfg.init.backbone_checkpoint)
     if cfg.init.checkpoint and resume is None:
         init_weights_from(model, cfg.init.checkpoint)
+    compile_dense(model, cfg.runtime.compile)
     return model
 
 
