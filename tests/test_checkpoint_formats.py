@@ -274,6 +274,8 @@ def test_export_onnx_calls_the_exporter_with_the_loaded_model(tmp_path, monkeypa
     calls = []
 
     def export_onnx(model, out_path, opset=None):
+        if opset is not None and opset < 16:
+            raise ValueError(f"opset {opset} is too old")
         calls.append((model, out_path, opset))
         Path(out_path).write_bytes(b"onnx")
         return Path(out_path)
@@ -289,6 +291,9 @@ def test_export_onnx_calls_the_exporter_with_the_loaded_model(tmp_path, monkeypa
     assert model.class_names == NAMES and model.label_to_cat_id == {0: 3, 1: 7}
     assert Path(out_path) == out and opset == 18 and out.read_bytes() == b"onnx"
     assert f"wrote {out}" in capsys.readouterr().out
+    # an argument the exporter rejects is one error line, exit 2
+    assert cli_main(["export", "--format", "onnx", "--checkpoint", str(path), "--out", str(out), "--opset", "11"]) == 2
+    assert "--format onnx: opset 11 is too old" in capsys.readouterr().err
 
 
 def test_export_onnx_without_the_exporter_is_a_clear_error(tmp_path, monkeypatch, capsys):

@@ -38,6 +38,10 @@ class OnnxUnavailable(RuntimeError):
     """The ONNX exporter or its packages are not installed."""
 
 
+class OnnxArgumentError(ValueError):
+    """The exporter rejected an argument (``--opset``)."""
+
+
 def _onnx_unavailable(e: ImportError) -> OnnxUnavailable:
     return OnnxUnavailable(
         f"ONNX export is not available here ({e}): it needs swin_maskrcnn.apps.onnx_export and the [export] extra "
@@ -63,6 +67,8 @@ def _export_onnx(checkpoint: str, out: str, opset: Optional[int]) -> Path:
         if getattr(e, "name", None) not in (None, *_ONNX_MODULES):
             raise
         raise _onnx_unavailable(e) from None
+    except ValueError as e:  # an argument the exporter rejects (e.g. an opset that is too old)
+        raise OnnxArgumentError(f"--format onnx: {e}") from None
     return Path(written) if written is not None else Path(out)
 
 
@@ -94,7 +100,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         try:
             path = _export_onnx(args.checkpoint, args.out, args.opset)
-        except OnnxUnavailable as e:
+        except (OnnxUnavailable, OnnxArgumentError) as e:
             raise ConfigError(str(e)) from None
     print(f"wrote {path}")
     return 0
