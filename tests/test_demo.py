@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,16 @@ def test_run_demo_reuses_data_and_restarts_run(tmp_path):
     assert second["box_ap"] == first["box_ap"] and second["mask_ap"] == first["mask_ap"]  # reproducible
     assert len(list((out / "run" / "csv").glob("version_*"))) == 1  # the old run was replaced, not resumed
     assert len(second["overlays"]) == 1
+
+
+def test_demo_runs_without_matplotlib(tmp_path, monkeypatch):
+    """The plot is the optional [demo] extra: without matplotlib the demo still trains and evaluates."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails: as if not installed
+    out = tmp_path / "demo"
+    result = demo_mod.run_demo(out, steps=1, train_images=4, val_images=2, image_size=64, threads=1,
+                               overlay_images=1, overrides=["runtime.max_val_images=1", "model.rpn.max_per_img_test=50"])
+    assert result["plot"] is None and not (out / "curves.png").exists()
+    assert result["steps"] == 1 and (out / "metrics.json").is_file() and len(result["overlays"]) == 1
 
 
 def test_recipe_is_a_valid_config(tmp_path):

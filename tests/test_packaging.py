@@ -49,3 +49,61 @@ def test_wheel_contains_the_package_and_the_cli(wheel_names):
     entry = [n for n in wheel_names if n.endswith(".dist-info/entry_points.txt")]
     assert entry, "no entry_points.txt"
     assert not any(n.startswith("tests/") or n.startswith("benchmarks/") for n in wheel_names)
+
+
+# ------------------------------------------------------------------------------------------------
+# version ranges (pyproject.toml) vs the tested pins (constraints.txt)
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def requirements():
+    """(core requirements, {extra: requirements}, {name: pinned version}) as parsed by ``packaging``."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = [Requirement(r) for r in project["dependencies"]]
+    extras = {k: [Requirement(r) for r in v] for k, v in project["optional-dependencies"].items()}
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version.strip()
+    return core, extras, pins
+
+
+def test_dependencies_are_ranges_with_lower_bounds(requirements):
+    core, extras, _ = requirements
+    for req in core + [r for rs in extras.values() for r in rs if r.name != "swin-maskrcnn"]:
+        ops = {s.operator for s in req.specifier}
+        assert ops == {">="}, f"{req}: users install against a lower bound, the tested pin is in constraints.txt"
+    names = {r.name for r in core}
+    assert {"torch", "torchvision", "safetensors"} <= names
+    # optional parts are extras, not core dependencies
+    assert not names & {"matplotlib", "tensorboard", "onnx", "onnxruntime"}, names
+    assert {r.name for r in extras["demo"]} == {"matplotlib"}
+    assert {r.name for r in extras["tensorboard"]} == {"tensorboard"}
+    assert {r.name for r in extras["export"]} == {"onnx", "onnxruntime"}
+    # `make test` installs [all]: every other extra
+    (everything,) = extras["all"]
+    assert everything.extras == set(extras) - {"all"}
+
+
+def test_constraints_pin_every_requirement_inside_its_range(requirements):
+    from packaging.utils import canonicalize_name
+
+    core, extras, pins = requirements
+    reqs = core + [r for rs in extras.values() for r in rs if r.name != "swin-maskrcnn"]
+    by_name = {canonicalize_name(r.name): r for r in reqs}
+    assert set(pins) == set(by_name), "constraints.txt pins exactly the direct requirements"
+    for name, version in pins.items():
+        assert by_name[name].specifier.contains(version), f"{name}=={version} is outside {by_name[name]}"
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+
+
+def test_make_and_ci_install_with_the_constraints():
+    makefile = (REPO / "Makefile").read_text()
+    assert "pip install -q -c constraints.txt -e '.[all]'" in makefile
+    assert "make test" in (REPO / ".ci" / "run").read_text()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import importlib.util
 import json
 import logging
 import math
@@ -430,12 +431,19 @@ def evaluate_demo(summary: dict[str, Any], cfg: Any, data: dict[str, Any]) -> di
     }
 
 
-def draw_demo(out_dir: Path, evaluation: dict[str, Any], summary: dict[str, Any], overlay_images: int) -> tuple[list[str], Path, float]:
-    """Phase 4: overlays of held-out images and the loss/AP curves. Returns (overlay paths, plot, seconds)."""
+def draw_demo(
+    out_dir: Path, evaluation: dict[str, Any], summary: dict[str, Any], overlay_images: int
+) -> tuple[list[str], Optional[Path], float]:
+    """Phase 4: overlays of held-out images and the loss/AP curves. Returns (overlay paths, plot, seconds).
+
+    The plot needs matplotlib (the optional ``[demo]`` extra); without it ``plot`` is None."""
     t0 = time.time()
     overlays = _write_overlays(out_dir / "overlays", evaluation["val_ds"], evaluation["results"], int(overlay_images))
     rows = _read_csv_logs(Path(summary["run_dir"]))
     final = (evaluation["box_ap"], evaluation["mask_ap"], int(summary["global_step"]))
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("matplotlib is not installed: no curves.png (pip install 'swin-maskrcnn[demo]')")
+        return overlays, None, time.time() - t0
     plot = plot_curves(rows, out_dir / "curves.png", final=final)
     return overlays, plot, time.time() - t0
 
@@ -495,7 +503,7 @@ def run_demo(
             "mask_ap": ev["mask_ap"],
             "metrics": ev["metrics"],
             "overlays": overlays,
-            "plot": str(plot),
+            "plot": None if plot is None else str(plot),
             "run_dir": summary["run_dir"],
             "data": {k: v for k, v in data.items() if k != "seconds"},
             "steps": int(summary["global_step"]),
