@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -248,13 +248,6 @@ def short_metrics(metrics: dict) -> dict:
                 if k.startswith("AR@"):
                     out[t][k] = float(v)
     return out
-
-
-def count_above(results: Sequence[dict], image_ids: Sequence[int], thr: float) -> float:
-    """Mean number per image of results with score >= thr."""
-    if not image_ids:
-        return 0.0
-    return sum(1 for r in results if r["score"] >= thr) / len(image_ids)
 
 
 def evaluate_ours(model, dataset, max_dets=(1, 100, 400)) -> tuple[dict, list[dict], float]:

@@ -17,7 +17,7 @@ _EXPORTS = {
     "collate": "loader",
     "dataset_aspect_ratios": "loader",
     **{name: "transforms" for name in (
-        "Compose", "Identity", "RandomAbsoluteCrop", "RandomChoice", "RandomChoiceResize", "RandomHorizontalFlip",
+        "Compose", "RandomAbsoluteCrop", "RandomChoice", "RandomChoiceResize", "RandomHorizontalFlip",
         "Resize", "build_test_transforms", "build_train_transforms", "masks_to_boxes", "rescale_size",
     )},
 }

@@ -43,7 +43,6 @@ __all__ = [
     "INSTANCE_KEYS",
     "rescale_size",
     "Compose",
-    "Identity",
     "Resize",
     "RandomChoiceResize",
     "RandomHorizontalFlip",
@@ -175,16 +174,6 @@ class Compose:
     def __repr__(self) -> str:
         inner = ", ".join(repr(t) for t in self.transforms)
         return f"Compose([{inner}])"
-
-
-class Identity:
-    """No-op (records the bookkeeping keys only)."""
-
-    def __call__(self, image, target=None):
-        return _prepare(image, target)
-
-    def __repr__(self) -> str:
-        return "Identity()"
 
 
 def resize_to(image: torch.Tensor, target: Optional[Target], new_h: int, new_w: int):

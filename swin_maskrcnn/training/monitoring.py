@@ -187,8 +187,6 @@ class ProbeMonitor(L.Callback):
         self.detector = detector
         self.batch_size = max(1, int(batch_size))
         self._last_step = -1
-        self.last_verdict: Optional[CollapseVerdict] = None
-        self.last_preds_per_image: Optional[float] = None
         self.alarm_steps: list[int] = []
 
     @torch.no_grad()
@@ -218,11 +216,9 @@ class ProbeMonitor(L.Callback):
             return
         self._last_step = step
         ppi = self.probe(pl_module)
-        self.last_preds_per_image = ppi
         metrics = {"monitor/probe_preds_per_image": ppi}
         if self.detector is not None:
             verdict = self.detector.check(step, ppi)
-            self.last_verdict = verdict
             metrics["monitor/collapse_alarm"] = float(verdict.alarm)
             metrics["monitor/loss_falling"] = float(verdict.loss_falling)
             if verdict.alarm:

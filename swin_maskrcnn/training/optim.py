@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -111,7 +111,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> Lambd
 
     return LambdaLR(optimizer, lr_lambda=factor)
 
-
-def lr_at_steps(cfg: OptimConfig, steps: Iterable[int]) -> list[float]:
-    """Convenience: absolute lr at the given steps (closed form)."""
-    return [cfg.lr * lr_factor(s, cfg) for s in steps]
