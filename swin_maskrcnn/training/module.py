@@ -109,6 +109,11 @@ def log_to_loggers(trainer: L.Trainer, metrics: Mapping[str, float], step: int) 
         logger.log_metrics(dict(metrics), step=step)
 
 
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm over all gradients, as ``clip_grad_norm_`` computes it (``get_total_norm`` needs torch 2.6)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach(), 2.0) for g in grads]), 2.0)
+
+
 class DetectionModule(L.LightningModule):
     """Training wrapper. ``cfg`` is the whole :class:`TrainConfig`; ``class_names`` and
     ``cat_id_to_label`` (dataset category id -> label) go into every checkpoint."""
@@ -214,7 +219,7 @@ class DetectionModule(L.LightningModule):
         # Runs after backward (after DDP's all-reduce; after unscaling under 16-mixed), BEFORE
         # Lightning clips and before the optimizer (or the GradScaler) steps.
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads else None
+        norm = _total_norm(grads) if grads else None
         event, self._step_loss_event = self._step_loss_event, None
         ids, self._step_image_ids = self._step_image_ids, []
         if event is None and norm is not None and not bool(torch.isfinite(norm)):
