@@ -38,7 +38,9 @@ def ours(fixture: Path, out_path: Path) -> None:
     shapes = [tuple(m["img_shape"]) for m in out["img_metas"]]
     with torch.no_grad():
         feats = model.neck(model.backbone(out["batch_inputs"]))
-        props, _, _ = model.rpn_head(feats, shapes, training_proposals=True)
+        rpn = model.rpn_head
+        cls, reg = rpn.maps(feats) if hasattr(rpn, "maps") else rpn(feats)  # maps(): the one-call RPN API
+        props = rpn.proposals(cls, reg, rpn.anchors(feats), shapes, training=True)
     saved = []
     for i, (p, ref) in enumerate(zip(props, out["train"]["rpn_proposals"])):
         same = (p[:, :4] - ref["bboxes"]).abs().amax(1) < 1e-3
