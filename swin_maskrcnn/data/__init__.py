@@ -44,7 +44,6 @@ __all__ = [
     "collate",
     "dataset_aspect_ratios",
     "Compose",
-    "Identity",
     "RandomAbsoluteCrop",
     "RandomChoice",
     "RandomChoiceResize",
