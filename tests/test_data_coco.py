@@ -12,6 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from swin_maskrcnn.data import (
+    DataError,
     AspectRatioGroupedBatchSampler,
     CocoInstanceDataset,
     build_dataloader,
@@ -188,9 +189,15 @@ def test_missing_image_file_names_file_image_and_annotation(tmp_path):
 
 def test_unreadable_image_names_file_image_and_annotation(tmp_path):
     ann = _make_coco(tmp_path, [{"id": 502, "bbox": [1, 1, 5, 5], "segmentation": _square(1, 1, 5)}])
-    (tmp_path / "images" / "a.png").write_bytes(b"this is not a png")
     ds = CocoInstanceDataset(ann, tmp_path / "images")
-    with pytest.raises(ValueError) as exc:
+    (tmp_path / "images" / "a.png").write_bytes(b"this is not a png")
+    # found by the start-up header read ...
+    with pytest.raises(DataError) as exc:
+        CocoInstanceDataset(ann, tmp_path / "images")
+    msg = str(exc.value)
+    assert "a.png" in msg and "image id 11" in msg and "502" in msg and "not an image" in msg
+    # ... and, should a file change after start-up, again when it is loaded
+    with pytest.raises(DataError) as exc:
         ds[0]
     msg = str(exc.value)
     assert "a.png" in msg and "image id 11" in msg and "502" in msg
@@ -198,9 +205,12 @@ def test_unreadable_image_names_file_image_and_annotation(tmp_path):
 
 def test_image_size_mismatch_is_an_error(tmp_path):
     ann = _make_coco(tmp_path, [{"id": 503, "bbox": [1, 1, 5, 5], "segmentation": _square(1, 1, 5)}])
-    _write_png(tmp_path / "images" / "a.png", 30, 40)  # swapped
     ds = CocoInstanceDataset(ann, tmp_path / "images")
-    with pytest.raises(ValueError, match="swapped"):
+    _write_png(tmp_path / "images" / "a.png", 30, 40)  # swapped
+    with pytest.raises(DataError, match="swapped") as exc:
+        CocoInstanceDataset(ann, tmp_path / "images")
+    assert "image id 11" in str(exc.value) and "503" in str(exc.value)
+    with pytest.raises(DataError, match="swapped"):
         ds[0]
 
 
