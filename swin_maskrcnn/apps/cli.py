@@ -116,6 +116,9 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--compile", choices=list(COMPILE_MODES), default=None,
                    help="torch.compile the backbone and FPN with this mode (compiles on the first images)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--bad-images", choices=["error", "skip"], default="error",
+                   help="images that are missing, unreadable or not of the JSON's size: stop with an error naming "
+                        "them, or leave them out of the evaluation (logged)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -125,6 +128,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..checkpoint.loader import load_checkpoint
     from ..data.coco import CocoInstanceDataset
     from ..data.transforms import build_test_transforms
+    from ..data.validation import require_instances
     from ..evaluation import evaluate_model, save_results_json
     from ..modeling.acceleration import compile_dense
     from ..training.config import _atomic_write_text
@@ -135,6 +139,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-images must be >= 1, got {args.max_images}")
     if args.max_per_img is not None and args.max_per_img < 1:
         raise ConfigError(f"--max-per-img must be >= 1, got {args.max_per_img}")
+    # the data first: its start-up checks are cheap and name the broken file before a model is loaded
+    dataset = CocoInstanceDataset(args.ann, args.images, bad_images=args.bad_images)
+    require_instances(dataset, "--ann")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     roi = {k: v for k, v in (("score_thr", args.score_thr), ("max_per_img", args.max_per_img)) if v is not None}
     model, cfg, meta = load_checkpoint(args.checkpoint, map_location=device, **({"roi": roi} if roi else {}))
@@ -151,7 +158,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         train_cfg = meta.get("train_config") or {}
         scale = tuple((train_cfg.get("data") or {}).get("test_scale") or (1333, 800))
-    dataset = CocoInstanceDataset(args.ann, args.images, transforms=build_test_transforms(scale))
+    dataset.transforms = build_test_transforms(scale)
     if len(dataset.cat_ids) != cfg.num_classes:
         raise ConfigError(
             f"the checkpoint has {cfg.num_classes} classes but {args.ann} has {len(dataset.cat_ids)} categories"
@@ -194,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Swin Transformer Mask R-CNN (mmdetection 3.3 semantics): train, evaluate, predict, export.",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="logging level of the library and Lightning")
+                        help="logging level of the library and Lightning (DEBUG also logs the traceback of an error)")
+    parser.add_argument("--debug", action="store_true",
+                        help="let errors in the input (config, data, checkpoint) raise with their Python traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_evaluate(sub)
@@ -214,12 +223,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:  # a user mistake in the config or the arguments: message, no traceback
+    except Exception as e:  # noqa: BLE001 - only the input errors below are caught, the rest re-raised
+        if args.debug or not is_input_error(e):
+            raise
+        # a mistake in the config, the data or a checkpoint: one message naming it, no traceback
+        log.debug("traceback of the error below", exc_info=True)
         print(f"swin-maskrcnn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (OutputWriteError, NonFiniteTrainingError) as e:  # disk full / diverged: the message says it all
         print(f"swin-maskrcnn {args.command}: error: {e}", file=sys.stderr)
         return 1
+
+
+def is_input_error(exc: BaseException) -> bool:
+    """True for the library's own errors about its input (config, data, checkpoint, a missing file)
+    and Lightning's MisconfigurationException: the message says what to fix; a traceback would only
+    bury it. Anything else is a bug and keeps its traceback."""
+    from ..checkpoint.mmdet import CheckpointError
+    from ..data.validation import DataError
+
+    if isinstance(exc, (ConfigError, DataError, CheckpointError, FileNotFoundError)):
+        return True
+    return any(c.__name__ == "MisconfigurationException" for c in type(exc).__mro__)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ Segmentations may be polygons, compressed RLE or uncompressed RLE (decoded with 
 The box of an instance is the annotation's ``bbox`` (as in mmdet), clipped to the image.
 
 **Crowd annotations** (``iscrowd=1``) are dropped from the training targets. They stay in
-``self.coco`` (the unmodified ground truth), where COCOeval treats them as ignore regions.
+``self.coco`` (the ground truth: the file as pycocotools reads it, less segmentations it cannot rasterise), where COCOeval treats them as ignore regions.
 
 **Problems in the dataset** are found once, in ``__init__``, before any training step: the
 annotation file is parsed and checked, every annotation is checked against its image, and every
@@ -85,6 +85,7 @@ from .validation import (
     format_problems,
     read_coco_json,
     scan_images,
+    sanitize_ground_truth,
     segm_to_rle,
 )
 
@@ -121,11 +122,6 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self.report = ValidationReport(str(self.ann_file))
 
         data = read_coco_json(self.ann_file)
-        self.coco = COCO()
-        self.coco.dataset = data
-        with stdout_to_log():
-            self.coco.createIndex()
-
         self.cat_ids, self.class_names = check_categories(data, self._fname)
         self.cat_id_to_label: dict[int, int] = {cid: i for i, cid in enumerate(self.cat_ids)}
         self.label_to_cat_id: dict[int, int] = {i: cid for i, cid in enumerate(self.cat_ids)}
@@ -135,12 +131,20 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                 f"categories (ids {self.cat_ids[:10]}{'...' if len(self.cat_ids) > 10 else ''})"
             )
 
+        self._images = {img["id"]: img for img in data["images"]}  # ids are unique (read_coco_json)
         self._num_crowd = 0
         self._records: dict[int, list[dict]] = {}
         for ann in data["annotations"]:
             rec = self._check_annotation(ann)
             if rec is not None:
                 self._records.setdefault(rec["image_id"], []).append(rec)
+
+        # the ground truth COCOeval reads: the file, less what pycocotools cannot rasterise
+        data["annotations"] = sanitize_ground_truth(data["annotations"], self._fname)
+        self.coco = COCO()
+        self.coco.dataset = data
+        with stdout_to_log():
+            self.coco.createIndex()
 
         all_ids = [int(img["id"]) for img in data["images"]]
         self.img_ids: list[int] = []
@@ -167,7 +171,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 
     # -------------------------------------------------------------------------------- validation
     def _ctx(self, img_id: Any, ann_id: Any = None) -> str:
-        info = self.coco.imgs.get(img_id, {})
+        info = self._images.get(img_id, {})
         fn = info.get("file_name", "?")
         s = f"{self._fname}: image id {img_id} ({fn})"
         if ann_id is not None:
@@ -181,7 +185,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 
     def _check_annotation(self, ann: dict) -> Optional[dict]:
         img_id = ann["image_id"]
-        if img_id not in self.coco.imgs:
+        if img_id not in self._images:
             raise DataError(f"{self._fname}: annotation id {ann['id']} refers to image id {img_id!r}, "
                             "which is not in the file's images")
         ctx = self._ctx(img_id, ann["id"])
@@ -191,7 +195,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
                                 f"(categories of the file: {self.cat_ids})")
             self._num_crowd += 1
             return None
-        return check_annotation(ann, self.coco.imgs[img_id], self.cat_id_to_label, ctx, self.report)
+        return check_annotation(ann, self._images[img_id], self.cat_id_to_label, ctx, self.report)
 
     def _describe(self, p: ImageProblem) -> str:
         return f"image id {p.image_id} ({p.path}): {p.detail} (annotation ids {self._ann_ids_of(p.image_id)})"
@@ -228,6 +232,11 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             + format_problems(problems, self._describe)
             + ". Fix or remove them (or their entries in the JSON), or set data.bad_images=skip to train without them"
         )
+
+    @property
+    def num_crowd(self) -> int:
+        """Crowd annotations of the file (ignore regions for COCOeval, not training targets)."""
+        return self._num_crowd
 
     def num_instances(self) -> int:
         """Training instances (non-crowd, not skipped) over the images in use."""

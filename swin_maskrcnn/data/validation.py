@@ -44,6 +44,8 @@ __all__ = [
     "probe_image",
     "scan_images",
     "format_problems",
+    "require_instances",
+    "sanitize_ground_truth",
 ]
 
 #: warnings of one kind logged at WARNING; the rest go to DEBUG (the summary counts them all)
@@ -329,6 +331,35 @@ def check_annotation(
     }
 
 
+def sanitize_ground_truth(annotations: list[dict[str, Any]], fname: str) -> list[dict[str, Any]]:
+    """The annotations with every segmentation pycocotools can rasterise, for COCOeval.
+
+    pycocotools crashes on a polygon part of 4 coordinates (read as a box), on an empty or missing
+    segmentation and can crash on odd or non-finite parts: during a validation, hours into a run.
+    Such parts are dropped (as for training); an annotation with no valid part left is removed
+    from the evaluation's ground truth (it has no mask to compare with). RLE and valid polygons are
+    kept as they are, so a clean file is evaluated exactly as pycocotools reads it.
+    """
+    out = []
+    removed = []
+    for ann in annotations:
+        segm = ann.get("segmentation")
+        if isinstance(segm, dict):
+            out.append(ann)
+            continue
+        parts = [p for p in segm if _valid_polygon(p)] if isinstance(segm, list) else []
+        if not parts:
+            removed.append(ann["id"])
+            continue
+        if len(parts) != len(segm):
+            ann["segmentation"] = parts
+        out.append(ann)
+    if removed:
+        logger.warning("%s: %d annotations without a usable segmentation are left out of the evaluation's ground "
+                       "truth (ids %s%s)", fname, len(removed), removed[:10], " ..." if len(removed) > 10 else "")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # images: header read
 # ------------------------------------------------------------------------------------------------
@@ -433,3 +464,22 @@ def format_problems(problems: Sequence[Any], describe: Callable[[Any], str], lim
     shown = "; ".join(describe(p) for p in problems[:limit])
     more = f"; ... and {len(problems) - limit} more (all logged above)" if len(problems) > limit else ""
     return shown + more
+
+
+def require_instances(dataset: Any, role: str) -> None:
+    """DataError unless ``dataset`` (a CocoInstanceDataset) has at least one usable instance: training
+    on, or evaluating against, no ground truth at all is a mistake, not a run. ``role`` names the
+    config key or option that gave the file."""
+    if dataset.num_instances() > 0:
+        return
+    n_ann = len(dataset.coco.dataset.get("annotations") or [])
+    if n_ann == 0:
+        why = "has no annotations at all"
+    elif len(dataset) == 0:
+        why = (f"has {n_ann} annotations but no image is left after filtering "
+               f"(filter_empty_gt={dataset.filter_empty_gt}, min_size={dataset.min_size})")
+    else:
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(dataset.report.problems.items()))
+        why = (f"has {n_ann} annotations but none is usable in the {len(dataset)} images in use "
+               f"(crowd: {dataset.num_crowd}; skipped: {skipped or 'none'}; see the warnings above)")
+    raise DataError(f"{role} {dataset.ann_file} {why}: there is nothing to train or evaluate against")

@@ -103,6 +103,12 @@ class DataConfig(StrictModel):
     filter_empty_gt: bool = Field(True, description="drop training images without annotations (mmdet)")
     min_size: int = Field(32, ge=0, description="drop training images whose shorter side is below this (mmdet)")
     seed: int = Field(0, ge=0, description="data order and augmentation seed")
+    bad_images: Literal["error", "skip"] = Field(
+        "error",
+        description="an image that is missing, empty, not an image, truncated or not of the JSON's size (found by the "
+        "start-up header read): 'error' stops before training naming every such image; 'skip' leaves them out, "
+        "logged and counted in the run summary",
+    )
 
     @field_validator("scale", "crop_size", "test_scale")
     @classmethod

@@ -49,6 +49,7 @@ from ..checkpoint.native import save_checkpoint
 from .checkpoint_io import AtomicCheckpointIO, resolve_resume
 from ..io_utils import OutputWriteError, check_writable
 from ..data.coco import CocoInstanceDataset
+from ..data.validation import require_instances
 from ..data.loader import AspectRatioGroupedBatchSampler, collate
 from ..data.transforms import build_test_transforms, build_train_transforms
 from .module import BestCheckpoint, DetectionModule, PeriodicEvaluation
@@ -57,6 +58,7 @@ from ..checkpoint.imagenet import load_imagenet_backbone
 from ..modeling.detector import SwinMaskRCNN
 from ..modeling.acceleration import compile_dense
 from .monitoring import CollapseDetector, ProbeMonitor
+from .preflight import check_hardware, check_resume
 from .config import ConfigError, TrainConfig, check_num_classes, dump_config, save_config
 
 log = logging.getLogger(__name__)
@@ -259,16 +261,15 @@ def build_datasets(cfg: TrainConfig) -> tuple[CocoInstanceDataset, Optional[Coco
         crop_size=tuple(d.crop_size),
     )
     train_ds = CocoInstanceDataset(d.train_ann, d.train_images, transforms=train_tf,
-                                   filter_empty_gt=d.filter_empty_gt, min_size=d.min_size)
+                                   filter_empty_gt=d.filter_empty_gt, min_size=d.min_size, bad_images=d.bad_images)
     check_num_classes(cfg, train_ds, "training")
-    if len(train_ds) == 0:
-        raise ConfigError(f"data.train_ann {d.train_ann}: no training image left after filtering "
-                          f"(filter_empty_gt={d.filter_empty_gt}, min_size={d.min_size})")
+    require_instances(train_ds, "data.train_ann")
     val_ds = None
     if d.val_ann is not None:
         test_tf = build_test_transforms(None if d.test_scale is None else tuple(d.test_scale))
-        val_ds = CocoInstanceDataset(d.val_ann, d.val_images, transforms=test_tf)
+        val_ds = CocoInstanceDataset(d.val_ann, d.val_images, transforms=test_tf, bad_images=d.bad_images)
         check_num_classes(cfg, val_ds, "validation")
+        require_instances(val_ds, "data.val_ann")
         if val_ds.cat_ids != train_ds.cat_ids:
             raise ConfigError(f"data.val_ann {d.val_ann} has category ids {val_ds.cat_ids[:10]}... but "
                               f"data.train_ann has {train_ds.cat_ids[:10]}...: the label mappings would differ")
@@ -528,7 +529,9 @@ def train(
 def _train(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
            extra_callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     L.seed_everything(cfg.runtime.seed, workers=True, verbose=False)
+    check_hardware(cfg)  # start-up checks: before reading data, before writing anything
     train_ds, val_ds = build_datasets(cfg)
+    check_resume(None if resume is None else str(resume), cfg, train_ds)
     model = build_model(cfg, resume)
     check_output_dir(cfg, run_dir, model)
     module = DetectionModule(cfg, train_ds.class_names, train_ds.cat_id_to_label, model=model)
@@ -550,6 +553,7 @@ def _train(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
         save_checkpoint(final_model, module.model, cfg, train_ds.class_names, train_ds.cat_id_to_label,
                         global_step=trainer.global_step)
     summary = run_summary(cfg, trainer, module, callbacks, run_dir, t0)
+    summary["data"] = {"train": train_ds.report.as_dict(), "val": None if val_ds is None else val_ds.report.as_dict()}
     if trainer.is_global_zero:
         if summary["stopped_by_time"]:
             log.warning("runtime.max_minutes=%g reached at step %d of %d", cfg.runtime.max_minutes,
