@@ -375,10 +375,21 @@ class ImageProblem:
 
 
 def displayed_size(img: Image.Image) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, read from the header (no pixel decode)."""
+    """(width, height) after EXIF orientation, read from the header (no pixel decode).
+
+    A PNG's EXIF is taken from the chunks read at open (Pillow's ``getexif`` on a PNG decodes the
+    whole image to look for an eXIf chunk after the pixels; such a rotated PNG is still caught,
+    when it is loaded)."""
     w, h = img.size
     try:
-        orientation = img.getexif().get(0x0112, 1)
+        if img.format == "PNG":
+            raw = img.info.get("exif")
+            exif = Image.Exif()
+            if raw:
+                exif.load(raw)
+        else:
+            exif = img.getexif()
+        orientation = exif.get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as exif_transpose does
         orientation = 1
     return (h, w) if orientation in _SWAPPING_ORIENTATIONS else (w, h)
