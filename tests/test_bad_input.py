@@ -30,44 +30,13 @@ from PIL import Image
 from swin_maskrcnn.apps.cli import main
 from swin_maskrcnn.training.config import save_config
 
-from test_training import tiny_train_config
+from test_training import make_tiny_coco, tiny_train_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 3
 SIZES = [(64, 64), (64, 56), (56, 64)]  # (w, h) of images 0, 1, 2
-
-
-def make_small_coco(root: Path, seed: int = 0) -> tuple[Path, Path]:
-    """N_IMAGES PNGs of 56-64 px, noise with 1-2 filled rectangles (category 3) or ellipses
-    (category 7), polygon masks. Image k has id k + 1 and file img_00k.png; returns (json, folder)."""
-    img_dir = root / "images"
-    img_dir.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    images, anns = [], []
-    for i, (w, h) in enumerate(SIZES[:N_IMAGES]):
-        arr = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
-        for j in range(2):
-            bw, bh = int(rng.integers(14, 28)), int(rng.integers(14, 28))
-            x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-            if j == 0:
-                arr[y0:y0 + bh, x0:x0 + bw] = (220, 60, 60)
-                poly = [x0, y0, x0 + bw, y0, x0 + bw, y0 + bh, x0, y0 + bh]
-            else:
-                cx, cy, rx, ry = x0 + bw / 2, y0 + bh / 2, bw / 2, bh / 2
-                yy, xx = np.mgrid[0:h, 0:w]
-                arr[((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1] = (60, 220, 60)
-                t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-                poly = np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1).reshape(-1).round(2).tolist()
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": (3, 7)[j], "bbox": [x0, y0, bw, bh],
-                         "area": float(bw * bh), "iscrowd": 0, "segmentation": [poly]})
-        Image.fromarray(arr).save(img_dir / f"img_{i:03d}.png")
-        images.append({"id": i + 1, "file_name": f"img_{i:03d}.png", "width": w, "height": h})
-    ann = root / "ann.json"
-    cats = [{"id": 3, "name": "rect"}, {"id": 7, "name": "ellipse"}]
-    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return ann, img_dir
 
 
 # ------------------------------------------------------------------------------------------------
@@ -298,7 +267,7 @@ def corpus(tmp_path_factory) -> dict[str, Any]:
     """The clean dataset, one tiny config YAML, and a run trained from it for 1 step (its final
     model is the checkpoint ``evaluate`` uses on the cases whose own training fails)."""
     root = tmp_path_factory.mktemp("corpus")
-    ann, imgs = make_small_coco(root / "clean")
+    ann, imgs = make_tiny_coco(root / "clean", n_images=N_IMAGES, sizes=SIZES, object_sides=(14, 28))
     cfg = tiny_train_config(ann, imgs, root / "runs", "base", max_steps=1, probe_every_n_steps=0,
                             checkpoint_every_n_steps=1000, val_every_n_steps=1000)
     data = dict(val_ann=None, val_images=None, batch_size=1, scale=(64, 64), test_scale=(64, 64))
@@ -532,3 +501,64 @@ class _Fixed:
 
     def parse_args(self, argv):
         return self.args
+
+
+# ------------------------------------------------------------------------------------------------
+# the pieces, directly
+# ------------------------------------------------------------------------------------------------
+def test_fewer_gpus_than_asked_names_the_count(corpus, monkeypatch):
+    """On a machine with 2 GPUs, the 8-GPU recipe is told to set runtime.devices=2 (the GPU branch,
+    tested here on any machine by faking the count)."""
+    from swin_maskrcnn.training.config import ConfigError, load_config
+    from swin_maskrcnn.training.preflight import check_hardware
+
+    clean = corpus["clean"]
+    cfg = load_config(REPO / "configs" / "swin_t_coco_1x.yaml",
+                      [f"data.train_ann={clean / 'ann.json'}", f"data.train_images={clean / 'images'}"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"runtime.devices=8 asks for 8 GPUs, but this machine has 2: set "
+                                          r"runtime.devices=2 .*global batch of 16"):
+        check_hardware(cfg)
+    check_hardware(load_config(REPO / "configs" / "swin_t_coco_1x.yaml",
+                               [f"data.train_ann={clean}", f"data.train_images={clean}", "runtime.devices=2"]))
+
+
+def test_header_read_needs_no_decode_and_accepts_trailing_data(tmp_path, monkeypatch):
+    """A complete JPEG/PNG is judged from its header and end marker (no pixel decode); a JPEG with
+    data after its end marker (a phone's motion photo) is decoded once to confirm it, and passes."""
+    from swin_maskrcnn.data.validation import probe_image
+
+    arr = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.jpg")
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    (tmp_path / "motion.jpg").write_bytes((tmp_path / "a.jpg").read_bytes() + b"ftypmp42" + bytes(500))
+    loads = []
+    original_load = Image.Image.load
+
+    def counting_load(self):
+        loads.append(self.format)
+        return original_load(self)
+
+    monkeypatch.setattr(Image.Image, "load", counting_load)
+    assert probe_image(tmp_path / "a.jpg") == (30, 20) and probe_image(tmp_path / "a.png") == (30, 20)
+    assert not [f for f in loads if f in ("JPEG", "PNG")], loads
+    assert probe_image(tmp_path / "motion.jpg") == (30, 20)
+    assert "JPEG" in loads
+
+
+def test_ground_truth_for_cocoeval_drops_what_pycocotools_cannot_rasterise():
+    from swin_maskrcnn.data.validation import sanitize_ground_truth
+
+    good = [1.0, 1.0, 9.0, 1.0, 9.0, 9.0]
+    anns = [
+        {"id": 1, "segmentation": [good]},
+        {"id": 2, "segmentation": [good, [1.0, 2.0, 3.0, 4.0]]},  # a 4-coordinate part: pycocotools reads a box
+        {"id": 3, "segmentation": [[1.0, 2.0, 3.0, 4.0]]},
+        {"id": 4, "segmentation": []},
+        {"id": 5, "segmentation": {"size": [10, 10], "counts": [0, 100]}},
+        {"id": 6, "segmentation": [[math.nan, 1.0, 9.0, 1.0, 9.0, 9.0]]},
+    ]
+    out = sanitize_ground_truth(anns, "x.json")
+    assert [a["id"] for a in out] == [1, 2, 5]
+    assert out[1]["segmentation"] == [good] and out[0]["segmentation"] == [good]

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pytest
@@ -32,22 +32,24 @@ RESUME_FROM = 45
 # ------------------------------------------------------------------------------------------------
 # synthetic data
 # ------------------------------------------------------------------------------------------------
-def make_tiny_coco(root: Path, n_images: int = 6, seed: int = 0) -> tuple[Path, Path]:
-    """``n_images`` PNGs (128x128, 128x112 landscape, 112x128 portrait) of noise with 1-3 filled
-    rectangles (category id 3) and ellipses (category id 7), polygon masks; returns (json, folder)."""
+def make_tiny_coco(root: Path, n_images: int = 6, seed: int = 0,
+                   sizes: Sequence[tuple[int, int]] = ((128, 128), (128, 112), (112, 128)),
+                   object_sides: tuple[int, int] = (24, 56)) -> tuple[Path, Path]:
+    """``n_images`` PNGs (cycling through ``sizes``, (w, h): square, landscape, portrait) of noise
+    with 1-3 filled rectangles (category id 3) and ellipses (category id 7) whose sides are drawn
+    from ``object_sides``, polygon masks; image k is ``img_00k.png`` with id k + 1. Returns (json, folder)."""
     root = Path(root)
     img_dir = root / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     cats = [{"id": 3, "name": "rect"}, {"id": 7, "name": "ellipse"}]
-    sizes = [(128, 128), (128, 112), (112, 128)]  # (w, h)
     images, anns = [], []
     aid = 1
     for i in range(n_images):
         w, h = sizes[i % len(sizes)]
         arr = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
         for _ in range(int(rng.integers(1, 4))):
-            bw, bh = int(rng.integers(24, 56)), int(rng.integers(24, 56))
+            bw, bh = int(rng.integers(*object_sides)), int(rng.integers(*object_sides))
             x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
             kind = int(rng.integers(0, 2))
             if kind == 0:

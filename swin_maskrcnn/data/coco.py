@@ -230,7 +230,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         raise cls(
             f"{self.ann_file}: {len(problems)} of {len(items)} images cannot be used ({kinds}){hint}: "
             + format_problems(problems, self._describe)
-            + ". Fix or remove them (or their entries in the JSON), or set data.bad_images=skip to train without them"
+            + ". Fix or remove them (or their entries in the JSON), or leave them out: data.bad_images=skip (train), "
+            "--bad-images skip (evaluate)"
         )
 
     @property
