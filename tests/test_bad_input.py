@@ -430,11 +430,11 @@ def test_checkpoint_case(kind, corpus, tmp_path, capsys):
         bad = tmp_path / "cut.ckpt"
         raw = last.read_bytes()
         bad.write_bytes(raw[: len(raw) // 3])
-        says = ["cut.ckpt", "cannot be read"]
+        says = ["cut.ckpt", "truncated"]
     elif kind == "ckpt_code_running_pickle":
         bad = tmp_path / "evil.ckpt"
         torch.save({"state_dict": {"x": _Evil(sentinel)}, "swin_maskrcnn": {}}, bad)
-        says = ["evil.ckpt", "cannot be read", "weights_only"]
+        says = ["evil.ckpt", "refused", "weights_only=True"]
     else:  # classes disagree: the checkpoints of the 2-class run against a 3-category annotation file
         data = json.loads(ann.read_text())
         data["categories"].append({"id": 9, "name": "extra"})

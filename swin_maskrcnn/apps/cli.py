@@ -239,7 +239,7 @@ def is_input_error(exc: BaseException) -> bool:
     """True for the library's own errors about its input (config, data, checkpoint, a missing file)
     and Lightning's MisconfigurationException: the message says what to fix; a traceback would only
     bury it. Anything else is a bug and keeps its traceback."""
-    from ..checkpoint.mmdet import CheckpointError
+    from ..checkpoint.safe_load import CheckpointError
     from ..data.validation import DataError
 
     if isinstance(exc, (ConfigError, DataError, CheckpointError, FileNotFoundError)):

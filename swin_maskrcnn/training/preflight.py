@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..checkpoint.native import CheckpointError, read_checkpoint
+from ..checkpoint.loader import read_checkpoint
+from ..checkpoint.safe_load import CheckpointError
 from .config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
