@@ -223,6 +223,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except (OutputWriteError, NonFiniteTrainingError) as e:  # disk full / diverged: the message says it all
+        if args.debug:
+            raise
+        log.debug("traceback of the error below", exc_info=True)
+        print(f"swin-maskrcnn {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - only the input errors below are caught, the rest re-raised
         if args.debug or not is_input_error(e):
             raise
@@ -230,9 +236,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.debug("traceback of the error below", exc_info=True)
         print(f"swin-maskrcnn {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (OutputWriteError, NonFiniteTrainingError) as e:  # disk full / diverged: the message says it all
-        print(f"swin-maskrcnn {args.command}: error: {e}", file=sys.stderr)
-        return 1
 
 
 def is_input_error(exc: BaseException) -> bool:
