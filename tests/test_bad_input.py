@@ -453,9 +453,10 @@ def test_checkpoint_case(kind, corpus, tmp_path, capsys):
 
     rc, _, err = _evaluate(bad, ann, imgs, capsys)
     _assert_clean_error(rc, err, says)
-    for extra in ([f"--resume={bad}"], [f"init.checkpoint={bad}"]):
+    # --resume first looks for a complete Lightning checkpoint (training/checkpoint_io.resolve_resume)
+    for extra, expect in (([f"--resume={bad}"], [bad.name, "--resume"]), ([f"init.checkpoint={bad}"], says)):
         rc, _, err = _error_keeps_run_folder(corpus, lambda run: _train(corpus, ann, imgs, run, extra, capsys))
-        _assert_clean_error(rc, err, says)
+        _assert_clean_error(rc, err, expect)
     assert not sentinel.exists(), "the pickle's code ran"
 
 
