@@ -178,7 +178,7 @@ def train_budgeted(
 ) -> dict[str, Any]:
     """Trains until ``budget_cpu_s`` process CPU seconds (data loading included) or ``max_steps``.
 
-    ``loss_fn(model, images, targets)`` returns a dict whose ``loss*`` tensors are summed.
+    ``loss_fn(model, images, targets)`` returns the loss dict (only losses), which is summed.
     ``stop_fn(step)`` (optional, called after each step) may end training early (e.g. overfit
     target reached); its CPU time counts too. Returns steps, CPU/wall seconds and a loss history.
     """
@@ -195,8 +195,7 @@ def train_budgeted(
             g["lr"] = lr * f
         images, targets = next(batches)
         torch.manual_seed(step_seed * 1_000_003 + step)  # sampler / drop-path randomness
-        out = loss_fn(model, images, targets)
-        losses = {k: v for k, v in out.items() if k.startswith("loss")}
+        losses = loss_fn(model, images, targets)  # both models' loss dicts hold only losses
         total = torch.stack([v.float() for v in losses.values()]).sum()
         if not torch.isfinite(total):
             raise FloatingPointError(f"{name}: non-finite loss at step {step}: "

@@ -85,7 +85,7 @@ def run_overfit(
         model.train()
         torch.manual_seed(seed * 1_000_003 + step)
         losses = model(imgs, targets)
-        loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
+        loss = sum(losses.values())
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -40,8 +40,8 @@ def test_rpn_focal_closed_form_at_zero_logits():
     torch.nn.init.zeros_(m.rpn_head.rpn_cls.weight)
     torch.nn.init.zeros_(m.rpn_head.rpn_cls.bias)
     img, t = scene()
-    out = m([img], [t])
-    npos, nneg = out["rpn_num_pos"].item(), out["rpn_num_neg"].item()
+    out, stats = m.losses_and_stats([img], [t])
+    npos, nneg = stats["rpn_num_pos"].item(), stats["rpn_num_neg"].item()
     assert npos > 0
     expected = (npos * 2.0 * 0.25 * 0.25 * LN2 + nneg * 0.75 * 0.25 * LN2) / (max(npos, 1) + max(nneg, 1))
     assert out["loss_rpn_cls"].item() == pytest.approx(expected, rel=1e-5)
@@ -52,8 +52,8 @@ def test_roi_sigmoid_focal_closed_form_and_scores():
     torch.nn.init.zeros_(m.roi_head.bbox_head.fc_cls.weight)
     torch.nn.init.zeros_(m.roi_head.bbox_head.fc_cls.bias)
     img, t = scene()
-    out = m([img], [t])
-    npos, nneg, c = out["roi_num_pos"].item(), out["roi_num_neg"].item(), 3
+    out, stats = m.losses_and_stats([img], [t])
+    npos, nneg, c = stats["roi_num_pos"].item(), stats["roi_num_neg"].item(), 3
     focal_pos, focal_neg = 0.25 * 0.25 * LN2, 0.75 * 0.25 * LN2
     expected = (npos * 3.0 * (focal_pos + (c - 1) * focal_neg) + nneg * c * focal_neg) / (npos + nneg)
     assert out["loss_cls"].item() == pytest.approx(expected, rel=1e-5)
@@ -89,7 +89,7 @@ def test_ohem_picks_the_hardest_negatives():
     # And training with OHEM runs end to end.
     m.train()
     out = m([img], [t])
-    assert torch.isfinite(sum(v for k, v in out.items() if k.startswith("loss_")))
+    assert torch.isfinite(sum(out.values()))
 
 
 def test_dynamic_weighting_formula_and_learning():
@@ -100,15 +100,16 @@ def test_dynamic_weighting_formula_and_learning():
     with torch.no_grad():
         m.loss_balancer.log_vars.copy_(torch.tensor([0.5, -0.2, 0.0, 1.0, -1.0]))
     torch.manual_seed(7)
-    out = m([img], [t])
+    out, stats = m.losses_and_stats([img], [t])
     torch.manual_seed(7)
     ref = base([img], [t])
+    assert set(out) == set(ref)  # the learned weights are statistics, not losses
     for i, k in enumerate(("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")):
         s = m.loss_balancer.log_vars[i].item()
         assert out[k].item() == pytest.approx(math.exp(-s) * ref[k].item() + s, rel=1e-5, abs=1e-6)
-        assert out[f"weight_{k[5:]}"].item() == pytest.approx(math.exp(-s), rel=1e-6)
+        assert stats[f"weight_{k[5:]}"].item() == pytest.approx(math.exp(-s), rel=1e-6)
     # The weights learn and are never weight-decayed.
-    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
+    sum(out.values()).backward()
     assert m.loss_balancer.log_vars.grad.abs().min() > 0
     decay, no_decay = split_decay_names(m, ["absolute_pos_embed", "relative_position_bias_table", "norm", "loss_balancer"])
     assert "loss_balancer.log_vars" in no_decay
@@ -120,6 +121,6 @@ def test_options_handle_empty_gt(opts):
     img, _ = scene()
     empty = dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long), masks=torch.zeros(0, 128, 160))
     out = m([img], [empty])
-    total = sum(v for k, v in out.items() if k.startswith("loss_"))
+    total = sum(out.values())
     assert torch.isfinite(total)
     total.backward()

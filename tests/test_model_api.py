@@ -142,26 +142,34 @@ def tiny_model():
     return SwinMaskRCNN(tiny_model_config(num_classes=3))
 
 
-def _check_losses(out):
-    assert LOSS_KEYS | STAT_KEYS == set(out)
+def _losses_and_stats(model, images, targets):
+    """The loss dict holds exactly the five losses (in graph); the statistics come apart, detached."""
+    torch.manual_seed(5)
+    losses, stats = model.losses_and_stats(images, targets)
+    assert set(losses) == LOSS_KEYS and set(stats) == STAT_KEYS
     for k in LOSS_KEYS:
-        assert torch.isfinite(out[k]), k
-        assert out[k].requires_grad, k
+        assert torch.isfinite(losses[k]), k
+        assert losses[k].requires_grad, k
     for k in STAT_KEYS:
-        assert not out[k].requires_grad, k
+        assert not stats[k].requires_grad, k
+    torch.manual_seed(5)
+    plain = model(images, targets)  # torchvision's convention: model(images, targets) is the loss dict
+    assert set(plain) == LOSS_KEYS
+    for k in LOSS_KEYS:
+        assert torch.equal(plain[k], losses[k]), k
+    return losses, stats
 
 
 def test_empty_gt_alone_gives_finite_losses_in_graph(tiny_model):
     tiny_model.train()
     img, _ = _scene()
     empty = dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long), masks=torch.zeros(0, 128, 160))
-    out = tiny_model([img], [empty])
-    _check_losses(out)
+    out, stats = _losses_and_stats(tiny_model, [img], [empty])
     assert out["loss_rpn_bbox"].item() == 0 and out["loss_bbox"].item() == 0 and out["loss_mask"].item() == 0
-    assert out["rpn_num_pos"].item() == 0 and out["roi_num_pos"].item() == 0
-    assert out["rpn_num_neg"].item() == 256 and out["roi_num_neg"].item() == 512
+    assert stats["rpn_num_pos"].item() == 0 and stats["roi_num_pos"].item() == 0
+    assert stats["rpn_num_neg"].item() == 256 and stats["roi_num_neg"].item() == 512
     tiny_model.zero_grad()
-    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
+    sum(out.values()).backward()
     assert tiny_model.roi_head.mask_head.conv_logits.weight.grad is not None
     assert tiny_model.roi_head.bbox_head.fc_reg.weight.grad is not None
 
@@ -171,10 +179,9 @@ def test_empty_gt_mixed_in_batch(tiny_model):
     img0, t0 = _scene()
     img1, _ = _scene(h=96, w=128)
     empty = dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long), masks=torch.zeros(0, 96, 128))
-    out = tiny_model([img0, img1], [t0, empty])
-    _check_losses(out)
-    assert out["roi_num_pos"].item() > 0 and out["loss_mask"].item() > 0
-    sum(v for k, v in out.items() if k.startswith("loss_")).backward()
+    out, stats = _losses_and_stats(tiny_model, [img0, img1], [t0, empty])
+    assert stats["roi_num_pos"].item() > 0 and out["loss_mask"].item() > 0
+    sum(out.values()).backward()
 
 
 def test_malformed_targets_get_clear_errors(tiny_model):

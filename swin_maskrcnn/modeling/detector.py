@@ -1,12 +1,14 @@
 """SwinMaskRCNN: the whole detector, from a list of RGB images to a loss dict or detections.
 
-Data flow (one file per step): ``preprocess`` (normalise, pad to 32) -> ``swin.SwinTransformer``
-(4 stage maps) -> ``fpn.FPN`` (P2..P6) -> ``rpn.RPNHead`` (objectness, deltas, proposals) ->
-``roi_head.RoIHead`` (box head, mask head) -> losses or detections.
-Module names equal mmdet's, so an mmdet state_dict loads key for key (see ``mmdet_checkpoint``).
+One image's path, each stage one call (as torchvision's ``generalized_rcnn.py``):
+``preprocess`` (normalise, pad to 32) -> ``backbone`` (Swin, 4 stage maps) -> ``neck`` (FPN, P2..P6)
+-> ``rpn_head`` (proposals, RPN losses) -> ``roi_head`` (detections or box/mask losses)
+-> ``postprocess`` (boxes back to the original size, masks pasted).
+Module names equal mmdet's, so an mmdet state_dict loads key for key (``checkpoint.mmdet``).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import torch
@@ -15,22 +17,27 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .backbone.fpn import FPN
 from .loss_weighting import UncertaintyWeighting
-from .preprocess import ImageLike, normalize_and_pad, resize_keep_ratio, to_chw_255
+from .preprocess import ImageBatch, ImageLike, normalize_and_pad, resize_keep_ratio, to_chw_255
+from .roi_heads.mask_head import paste_masks
 from .roi_heads.roi_head import RoIHead
 from .rpn import RPNHead
 from .sampler import ChoiceFn
 from .backbone.swin import SwinTransformer
 
 LossDict = dict[str, Tensor]
+StatDict = dict[str, Tensor]
 
 
 class SwinMaskRCNN(nn.Module):
     """Swin Transformer Mask R-CNN with mmdet's semantics.
 
-    Train mode: ``model(images, targets)`` -> dict with the already-weighted losses ``loss_rpn_cls``,
-    ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``, ``loss_mask`` (with graph) and detached
-    statistics ``acc``, ``acc_fg`` (RoI classification accuracy, all / foreground, in %),
-    ``rpn_num_pos``, ``rpn_num_neg``, ``roi_num_pos``, ``roi_num_neg``.
+    Train mode: ``model(images, targets)`` -> the loss dict (torchvision's convention): exactly the
+    already-weighted losses ``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``,
+    ``loss_mask`` (with graph), so ``sum(model(images, targets).values())`` is the training loss.
+    :meth:`losses_and_stats` returns the same dict plus the detached training statistics apart:
+    ``acc``, ``acc_fg`` (RoI classification accuracy, all / foreground, in %), ``rpn_num_pos``,
+    ``rpn_num_neg``, ``roi_num_pos``, ``roi_num_neg`` (sampled per batch) and, with learned loss
+    weights, ``weight_<loss>``.
     Eval mode: ``model(images, original_sizes=None)`` -> one dict per image with ``boxes`` (K, 4),
     ``scores``, ``labels`` (0..C-1), ``masks`` (K, h, w) bool, at ``original_sizes`` if given
     (boxes rescaled, masks pasted at that size) or else at the input image's size.
@@ -51,7 +58,7 @@ class SwinMaskRCNN(nn.Module):
     def num_classes(self) -> int:
         return self.cfg.num_classes
 
-    def preprocess(self, images_255: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+    def preprocess(self, images_255: Sequence[Tensor]) -> ImageBatch:
         """Normalised, zero-padded batch plus each image's (h, w) and padded (h, w)."""
         return normalize_and_pad(images_255, self.cfg.pixel_mean, self.cfg.pixel_std, self.cfg.size_divisor)
 
@@ -64,46 +71,73 @@ class SwinMaskRCNN(nn.Module):
         images: Sequence[Tensor],
         targets: Optional[Sequence[dict[str, Tensor]]] = None,
         original_sizes: Optional[Sequence[tuple[int, int]]] = None,
-    ):
-        if len(images) == 0:
-            raise ValueError("model called with an empty list of images")
-        images_255 = [to_chw_255(im) for im in images]
+    ) -> LossDict | list[dict[str, Tensor]]:
         if self.training:
-            if targets is None or len(targets) != len(images):
-                raise ValueError("training needs one target dict per image (boxes, labels, masks)")
-            return self._losses(images_255, targets)
-        return self._detect(images_255, original_sizes)
+            losses, _ = self.losses_and_stats(images, targets)
+            return losses
+        return self._run(self._inputs(images), None, original_sizes)[0]
 
-    def _losses(self, images_255: list[Tensor], targets: Sequence[dict[str, Tensor]]) -> LossDict:
+    def losses_and_stats(
+        self, images: Sequence[Tensor], targets: Optional[Sequence[dict[str, Tensor]]]
+    ) -> tuple[LossDict, StatDict]:
+        """Training: the loss dict (what ``forward`` returns) and the detached statistics apart."""
+        images_255 = self._inputs(images)
+        if targets is None or len(targets) != len(images_255):
+            raise ValueError("training needs one target dict per image (boxes, labels, masks)")
         for i, (im, t) in enumerate(zip(images_255, targets)):
             check_target(i, im, t, self.num_classes)
-        batch, shapes, pad_shapes = self.preprocess(images_255)
-        feats = self.extract_features(batch)
-        cls, reg = self.rpn_head(feats)
-        anchors = self.rpn_head.anchors(feats)
-        gt_boxes = [t["boxes"].float().to(batch.device) for t in targets]
-        rpn_losses, rpn_stats = self.rpn_head.loss(cls, reg, anchors, gt_boxes, pad_shapes)
-        proposals = self.rpn_head.proposals(cls, reg, anchors, shapes, training=True)
-        roi_losses, roi_stats = self.roi_head.loss(feats[:4], proposals, targets)
-        out: LossDict = {**rpn_losses, **roi_losses}
+        _, losses, stats = self._run(images_255, targets, None)
         if self.loss_balancer is not None:
-            out, weights = self.loss_balancer(out)
-            roi_stats.update(weights)
-        out.update({k: v.detach().to(batch.device) for k, v in {**rpn_stats, **roi_stats}.items()})
-        return out
+            losses, weights = self.loss_balancer(losses)
+            stats.update(weights)
+        device = next(iter(losses.values())).device
+        return losses, {k: v.detach().to(device) for k, v in stats.items()}
 
-    @torch.no_grad()
-    def _detect(
-        self, images_255: list[Tensor], original_sizes: Optional[Sequence[tuple[int, int]]]
+    def _run(
+        self,
+        images_255: list[Tensor],
+        targets: Optional[Sequence[dict[str, Tensor]]],
+        original_sizes: Optional[Sequence[tuple[int, int]]],
+    ) -> tuple[list[dict[str, Tensor]], LossDict, StatDict]:
+        """preprocess -> backbone -> neck -> rpn -> roi_heads -> postprocess, in either mode.
+
+        Eval mode runs without autograd and returns detections (losses and stats empty); training
+        returns no detections.
+        """
+        with contextlib.nullcontext() if self.training else torch.no_grad():
+            batch = self.preprocess(images_255)
+            feats = self.neck(self.backbone(batch.tensor))
+            gt_boxes = None if targets is None else [t["boxes"].float().to(batch.tensor.device) for t in targets]
+            proposals, rpn_losses, rpn_stats = self.rpn_head(feats, batch.image_sizes, batch.pad_shapes, gt_boxes)
+            detections, roi_losses, roi_stats = self.roi_head(feats, proposals, batch.image_sizes, targets)
+            if not self.training:
+                detections = self.postprocess(detections, batch.image_sizes, original_sizes)
+        return detections, {**rpn_losses, **roi_losses}, {**rpn_stats, **roi_stats}
+
+    def postprocess(
+        self,
+        detections: list[dict[str, Tensor]],
+        image_sizes: list[tuple[int, int]],
+        original_sizes: Optional[Sequence[tuple[int, int]]] = None,
     ) -> list[dict[str, Tensor]]:
-        batch, shapes, _ = self.preprocess(images_255)
-        feats = self.extract_features(batch)
-        cls, reg = self.rpn_head(feats)
-        proposals = self.rpn_head.proposals(cls, reg, self.rpn_head.anchors(feats), shapes, training=False)
-        out_sizes = [tuple(int(v) for v in s) for s in original_sizes] if original_sizes is not None else shapes
-        if len(out_sizes) != len(shapes):
-            raise ValueError(f"{len(out_sizes)} original sizes for {len(shapes)} images")
-        return self.roi_head.predict(feats[:4], proposals, shapes, out_sizes)
+        """Boxes divided by the per-axis scale (input / original size, mmdet's scale_factor) and the
+        masks pasted at the original size (``original_sizes``, default: the input sizes)."""
+        out_sizes = list(image_sizes) if original_sizes is None else [(int(h), int(w)) for h, w in original_sizes]
+        if len(out_sizes) != len(image_sizes):
+            raise ValueError(f"{len(out_sizes)} original sizes for {len(image_sizes)} images")
+        results = []
+        for det, (ih, iw), (oh, ow) in zip(detections, image_sizes, out_sizes):
+            scale = det["boxes"].new_tensor([iw / ow, ih / oh, iw / ow, ih / oh])
+            boxes = det["boxes"] / scale
+            masks = paste_masks(det["mask_probs"], boxes, oh, ow, self.cfg.roi.mask_thr)
+            results.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"], "masks": masks})
+        return results
+
+    @staticmethod
+    def _inputs(images: Sequence[ImageLike]) -> list[Tensor]:
+        if len(images) == 0:
+            raise ValueError("model called with an empty list of images")
+        return [to_chw_255(im) for im in images]
 
     @torch.no_grad()
     def predict(
@@ -119,10 +153,10 @@ class SwinMaskRCNN(nn.Module):
         self.eval()
         try:
             device = next(self.parameters()).device
-            originals = [to_chw_255(im).to(device) for im in images]
+            originals = [t.to(device) for t in self._inputs(images)]
             sizes = [(int(im.shape[1]), int(im.shape[2])) for im in originals]
             inputs = [resize_keep_ratio(im, scale) for im in originals] if resize else originals
-            return self._detect(inputs, sizes)
+            return self._run(inputs, None, sizes)[0]
         finally:
             self.train(was_training)
 

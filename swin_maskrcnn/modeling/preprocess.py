@@ -5,7 +5,7 @@ evaluation and ``predict`` size images identically.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
@@ -14,6 +14,14 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 ImageLike = Union[np.ndarray, Tensor]
+
+
+class ImageBatch(NamedTuple):
+    """A normalised, padded batch and the sizes the heads need (unpacks as a 3-tuple)."""
+
+    tensor: Tensor  # (B, 3, H_pad, W_pad), normalised, zeros beyond each image
+    image_sizes: list[tuple[int, int]]  # each image's own (h, w): boxes are clipped to it
+    pad_shapes: list[tuple[int, int]]  # each (h, w) rounded up to the size divisor: valid anchors
 
 
 def rescale_size(old_size: tuple[int, int], scale: Union[float, tuple[int, int]]) -> tuple[tuple[int, int], float]:
@@ -72,7 +80,7 @@ def to_chw_255(image: ImageLike) -> Tensor:
 
 def normalize_and_pad(
     images: Sequence[Tensor], mean: Sequence[float], std: Sequence[float], size_divisor: int
-) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+) -> ImageBatch:
     """Stack 0..255 images into a normalised batch padded with zeros to a multiple of ``size_divisor``.
 
     Returns the batch, each image's own (h, w), and each image's own size rounded up to the divisor
@@ -93,4 +101,4 @@ def normalize_and_pad(
     for i, im in enumerate(images):
         batch[i, :, : shapes[i][0], : shapes[i][1]] = (im.float() - m) / s
     pad_shapes = [(up(h), up(w)) for h, w in shapes]
-    return batch, shapes, pad_shapes
+    return ImageBatch(batch, shapes, pad_shapes)

@@ -46,7 +46,34 @@ class RPNHead(nn.Module):
         self.assigner = MaxIoUAssigner(cfg.pos_iou_thr, cfg.neg_iou_thr, cfg.min_pos_iou)
         self.sampler = RandomSampler(cfg.num_samples, cfg.pos_fraction, choice)
 
-    def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def forward(
+        self,
+        feats: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        pad_shapes: list[tuple[int, int]],
+        gt_boxes: Optional[list[Tensor]] = None,
+    ) -> tuple[list[Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """The whole RPN stage: maps, anchors, proposals and (in training) the losses.
+
+        ``feats``: the FPN maps P2..P6, (B, C, H_l, W_l) each; ``image_sizes``: each image's (h, w)
+        in the batch; ``pad_shapes``: each image's own size rounded up to the size divisor (decides
+        which anchors may be sampled); ``gt_boxes``: per image (G_i, 4) xyxy, needed in training.
+        Returns per-image proposals (K_i, 5) = [x1, y1, x2, y2, score] (detached), the weighted
+        losses ``loss_rpn_cls`` / ``loss_rpn_bbox`` and the statistics ``rpn_num_pos`` /
+        ``rpn_num_neg``; the two dicts are empty in eval mode. The train/test proposal settings
+        (``nms_pre``, ``max_per_img``) follow ``self.training``, as mmdet's train_cfg / test_cfg.
+        """
+        cls, reg = self.maps(feats)
+        anchors = self.anchors(feats)
+        losses: dict[str, Tensor] = {}
+        stats: dict[str, Tensor] = {}
+        if self.training:
+            if gt_boxes is None or len(gt_boxes) != cls[0].shape[0]:
+                raise ValueError("the RPN in training mode needs one gt_boxes tensor per image")
+            losses, stats = self.loss(cls, reg, anchors, gt_boxes, pad_shapes)
+        return self.proposals(cls, reg, anchors, image_sizes, training=self.training), losses, stats
+
+    def maps(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Per level: objectness logits (B, A, H, W) and deltas (B, 4A, H, W)."""
         cls, reg = [], []
         for f in feats:

@@ -4,7 +4,7 @@
 does everything else: device placement, DDP, precision, accumulation, gradient clipping
 (``Trainer(gradient_clip_val=model.losses.clip_grad_norm)``), checkpoints, loggers, progress bar.
 
-Logged every ``log_every_n_steps`` (``train/`` prefix): ``loss`` (sum of the ``loss_*`` terms), each
+Logged every ``log_every_n_steps`` (``train/`` prefix): ``loss`` (sum of the model's loss dict), each
 ``loss_*``, each term's share of the total (``share_loss_*``), ``lr``, ``grad_norm`` (global L2 norm
 of the gradients BEFORE clipping, and of the unscaled gradients under 16-mixed), ``grad_clipped``
 (1 when clipping changed the gradients), ``acc`` and ``acc_fg`` (RoI accuracy, %),
@@ -179,10 +179,7 @@ class DetectionModule(L.LightningModule):
     def training_step(self, batch: tuple[list[Tensor], list[dict]], batch_idx: int) -> dict[str, Any]:
         images, targets = batch
         self._step_image_ids.extend(image_ids_of(targets))
-        out = self.model(images, targets)
-        losses = {k: v for k, v in out.items() if k.startswith("loss_")}
-        if not losses:
-            raise RuntimeError(f"the model returned no loss_* terms (keys: {sorted(out)})")
+        losses, stats = self.model.losses_and_stats(images, targets)
         total = torch.stack([v.float() for v in losses.values()]).sum()
         n = len(images)
         skipped = self._any_rank(not bool(torch.isfinite(total)))
@@ -195,9 +192,8 @@ class DetectionModule(L.LightningModule):
             v = total_d if skipped else v.detach().float()
             metrics[f"train/{k}"] = v
             metrics[f"train/share_{k}"] = v / total_d.clamp_min(1e-12)
-        for k, v in out.items():  # the model's detached statistics (acc, counts, weight_* when learned)
-            if not k.startswith("loss_"):
-                metrics[f"train/{k}"] = torch.as_tensor(v).detach().float()
+        for k, v in stats.items():  # the model's detached statistics (acc, counts, weight_* when learned)
+            metrics[f"train/{k}"] = v.float()
         metrics["train/lr"] = torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
         if self.batches_per_data_epoch:
             metrics["train/data_epoch"] = torch.tensor((batch_idx + 1) / self.batches_per_data_epoch)
@@ -211,8 +207,8 @@ class DetectionModule(L.LightningModule):
         self.last_train_metrics = {k: float(v) for k, v in metrics.items()}
         result: dict[str, Any] = {"loss": total, "total_loss": total_d}
         for k in ("acc_fg", "roi_num_pos"):
-            if k in out:
-                result[k] = torch.as_tensor(out[k]).detach()
+            if k in stats:
+                result[k] = stats[k]
         return result
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -7,7 +7,7 @@ hardest by current loss with ``roi_sampler='ohem'``), and build labels
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..assigner import MaxIoUAssigner
 from .bbox_head import BBoxHead
 from ..config import ModelConfig
-from .mask_head import MaskHead, paste_masks
+from .mask_head import MaskHead
 from .roi_extractor import RoIExtractor, boxes_to_rois
 from ..sampler import ChoiceFn, RandomSampler, SamplingResult
 
@@ -24,6 +24,18 @@ ROI_STRIDES = [4, 8, 16, 32]
 
 
 class RoIHead(nn.Module):
+    """Box and mask heads on the proposals (mmdet StandardRoIHead).
+
+    Call: ``roi_head(feats, proposals, image_sizes, targets=None)`` with ``feats`` the FPN maps
+    (B, C, H_l, W_l) of which P2..P5 are pooled, ``proposals`` per image (K_i, 5) or (K_i, 4) boxes in
+    network-input pixels, ``image_sizes`` each image's (h, w) and, in training, one target dict per
+    image (``boxes`` (G, 4), ``labels`` (G,), ``masks`` (G, H, W)). Returns (detections, losses,
+    stats): in training, no detections and the weighted ``loss_cls``, ``loss_bbox``, ``loss_mask``
+    with the statistics ``acc``, ``acc_fg``, ``roi_num_pos``, ``roi_num_neg``; in eval mode, empty
+    dicts and per image ``boxes`` (D, 4) in input pixels, ``scores`` (D,), ``labels`` (D,) in 0..C-1
+    and ``mask_probs`` (D, M, M), the mask probabilities of each detection's class (M = mask_size).
+    """
+
     def __init__(self, cfg: ModelConfig, choice: Optional[ChoiceFn] = None) -> None:
         super().__init__()
         self.cfg = cfg.roi
@@ -81,8 +93,24 @@ class RoIHead(nn.Module):
         cls_score, _ = self.bbox_head(self.bbox_roi_extractor(feats, rois))
         return F.cross_entropy(cls_score.float(), target, reduction="none")
 
+    def forward(
+        self,
+        feats: list[Tensor],
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: Optional[Sequence[dict[str, Tensor]]] = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], dict[str, Tensor]]:
+        """The whole RoI stage; see the class docstring for what each mode returns."""
+        feats = feats[: len(ROI_STRIDES)]
+        if self.training:
+            if targets is None or len(targets) != len(proposals):
+                raise ValueError("the RoI heads in training mode need one target dict per image")
+            losses, stats = self.loss(feats, proposals, targets)
+            return [], losses, stats
+        return self.predict(feats, proposals, image_sizes), {}, {}
+
     def loss(
-        self, feats: list[Tensor], proposals: list[Tensor], targets: list[dict[str, Tensor]]
+        self, feats: list[Tensor], proposals: list[Tensor], targets: Sequence[dict[str, Tensor]]
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Weighted ``loss_cls``, ``loss_bbox``, ``loss_mask`` and sampling statistics."""
         c = self.num_classes
@@ -126,16 +154,13 @@ class RoIHead(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self,
-        feats: list[Tensor],
-        proposals: list[Tensor],
-        img_shapes: list[tuple[int, int]],
-        out_sizes: list[tuple[int, int]],
+        self, feats: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
-        """Detections per image, boxes scaled and masks pasted to ``out_sizes`` (h, w).
+        """Detections per image in network-input pixels, with their class's mask probabilities.
 
-        NMS and mask RoIs run in network-input pixels; boxes are then divided by the per-axis
-        scale (input / output size) and masks pasted at the output size, as mmdet does.
+        Box head on every proposal, per-class NMS (``BBoxHead.predict``), then the mask head on the
+        kept boxes; rescaling to the original image and pasting the masks is the detector's
+        postprocess step.
         """
         cfg = self.cfg
         rois = boxes_to_rois([p[:, :4] for p in proposals])
@@ -144,21 +169,11 @@ class RoIHead(nn.Module):
         dets = []
         for img, (cs, bp, r) in enumerate(zip(cls_score.split(counts), bbox_pred.split(counts), rois.split(counts))):
             boxes, scores, labels = self.bbox_head.predict(
-                r, cs, bp, img_shapes[img], cfg.score_thr, cfg.nms_iou, cfg.max_per_img
+                r, cs, bp, image_sizes[img], cfg.score_thr, cfg.nms_iou, cfg.max_per_img
             )
-            dets.append((boxes, scores, labels))
-        mask_logits = self.mask_head(self.mask_roi_extractor(feats, boxes_to_rois([d[0] for d in dets])))
-        results = []
-        start = 0
-        for img, (boxes, scores, labels) in enumerate(dets):
-            k = boxes.shape[0]
-            logits = mask_logits[start : start + k]
-            start += k
-            probs = logits[torch.arange(k, device=labels.device), labels].sigmoid()
-            ih, iw = img_shapes[img]
-            oh, ow = out_sizes[img]
-            scale = boxes.new_tensor([iw / ow, ih / oh, iw / ow, ih / oh])  # mmdet's scale_factor
-            out_boxes = boxes / scale
-            masks = paste_masks(probs, out_boxes, oh, ow, cfg.mask_thr)
-            results.append({"boxes": out_boxes, "scores": scores, "labels": labels, "masks": masks})
-        return results
+            dets.append({"boxes": boxes, "scores": scores, "labels": labels})
+        mask_logits = self.mask_head(self.mask_roi_extractor(feats, boxes_to_rois([d["boxes"] for d in dets])))
+        for det, logits in zip(dets, mask_logits.split([d["boxes"].shape[0] for d in dets])):
+            k = logits.shape[0]
+            det["mask_probs"] = logits[torch.arange(k, device=logits.device), det["labels"]].sigmoid()
+        return dets
