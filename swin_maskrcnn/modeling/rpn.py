@@ -6,6 +6,7 @@ of ``AnchorGenerator.grid_anchors``. Loss, proposals and anchors all use ``flatt
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -19,6 +20,19 @@ from .box_coder import DeltaXYWHBBoxCoder
 from .config import LossConfig, RPNConfig
 from .losses import box_regression_loss, sigmoid_bce, sigmoid_focal
 from .sampler import ChoiceFn, RandomSampler
+
+
+@dataclass
+class AnchorTargets:
+    """One image's RPN training targets over all N anchors of the batch's maps (anchor order)."""
+
+    labels: Tensor  # (N,) 1.0 at sampled positives, 0.0 elsewhere
+    label_weights: Tensor  # (N,) rpn_cls_pos_weight at positives, 1.0 at sampled negatives, 0.0 elsewhere
+    bbox_targets: Tensor  # (N, 4) encoded deltas to the assigned GT box at positives, 0.0 elsewhere
+    bbox_weights: Tensor  # (N, 4) 1.0 at positives
+    num_pos: int
+    num_neg: int
+    avg_factor: int  # max(num_pos, 1) + max(num_neg, 1), mmdet's per-image normaliser
 
 
 def flatten_level(cls: Tensor, reg: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,6 +100,32 @@ class RPNHead(nn.Module):
         return self.anchor_generator.grid_anchors([f.shape[-2:] for f in feats], feats[0].device)
 
     # ------------------------------------------------------------------ training
+    def anchor_targets(self, anchors: Tensor, valid: Tensor, gt_boxes: Tensor) -> AnchorTargets:
+        """One image's targets over all ``anchors`` (N, 4); only ``valid`` (N,) bool ones may be sampled.
+
+        The valid anchors are assigned (MaxIoUAssigner 0.7 / 0.3 / 0.3) and 256 sampled at 0.5.
+        Sampled positives get label 1, weight ``rpn_cls_pos_weight`` and the encoded deltas of their
+        GT box; sampled negatives label 0 and weight 1; every other anchor weight 0.
+        """
+        valid_idx = torch.nonzero(valid).flatten()
+        gt_labels = torch.zeros(gt_boxes.shape[0], dtype=torch.long, device=gt_boxes.device)  # one class
+        assign = self.assigner.assign(anchors[valid_idx], gt_boxes, gt_labels)
+        samp = self.sampler.sample(assign.gt_inds, assign.labels)
+        n = anchors.shape[0]
+        pos = valid_idx[samp.pos_inds]
+        neg = valid_idx[samp.neg_inds]
+        labels = anchors.new_zeros(n)
+        label_weights = anchors.new_zeros(n)
+        bbox_targets = anchors.new_zeros(n, 4)
+        bbox_weights = anchors.new_zeros(n, 4)
+        labels[pos] = 1.0
+        label_weights[pos] = self.loss_cfg.rpn_cls_pos_weight
+        label_weights[neg] = 1.0
+        if pos.numel():
+            bbox_targets[pos] = self.coder.encode(anchors[pos], gt_boxes[samp.pos_assigned_gt_inds].float())
+            bbox_weights[pos] = 1.0
+        return AnchorTargets(labels, label_weights, bbox_targets, bbox_weights, samp.num_pos, samp.num_neg, samp.avg_factor)
+
     def loss(
         self,
         cls: list[Tensor],
@@ -94,15 +134,16 @@ class RPNHead(nn.Module):
         gt_boxes: list[Tensor],
         pad_shapes: list[tuple[int, int]],
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Weighted ``loss_rpn_cls`` / ``loss_rpn_bbox`` and sampling statistics.
+        """Weighted ``loss_rpn_cls`` / ``loss_rpn_bbox`` and the sampling statistics.
 
-        Per image: anchors on positions inside the image's own padded area are assigned and
-        sampled (256 at 0.5). Positives get target 1 and weight ``rpn_cls_pos_weight``, sampled
-        negatives target 0 and weight 1, everything else weight 0. Both losses are summed and
-        divided by ``avg_factor`` = sum over images of max(#pos, 1) + max(#neg, 1), i.e. the sampled
-        count: the positive weight changes the numerator only, never the avg_factor (mmdet's
-        ``pos_weight``). ``rpn_cls_loss='focal'`` swaps the BCE for a sigmoid focal loss on the same
-        samples, weights and avg_factor.
+        ``cls`` / ``reg``: the maps of :meth:`maps`; ``anchors``: per level (H*W*A, 4); ``gt_boxes``:
+        per image (G, 4); ``pad_shapes``: per image, its own size rounded up to the size divisor
+        (anchors on positions beyond it are never sampled). Targets per image come from
+        :meth:`anchor_targets`. Both losses are summed over the batch and divided by ``avg_factor`` =
+        sum over images of max(#pos, 1) + max(#neg, 1), the sampled count: the positive weight
+        changes the numerator only, never the avg_factor (mmdet's ``pos_weight``).
+        ``rpn_cls_loss='focal'`` swaps the BCE for a sigmoid focal loss on the same samples,
+        weights and avg_factor.
         """
         lc = self.loss_cfg
         flat = [flatten_level(c, r) for c, r in zip(cls, reg)]
@@ -110,52 +151,34 @@ class RPNHead(nn.Module):
         reg_flat = torch.cat([f[1] for f in flat], dim=1)  # (B, N, 4)
         all_anchors = torch.cat(anchors, dim=0)
         sizes = [c.shape[-2:] for c in cls]
-        labels_t, weights_t, box_t, box_w = [], [], [], []
-        avg_factor = 0
-        num_pos = num_neg = 0
-        for img, gt in enumerate(gt_boxes):
-            valid = torch.cat(self.anchor_generator.valid_flags(sizes, pad_shapes[img], all_anchors.device))
-            valid_idx = torch.nonzero(valid).flatten()
-            assign = self.assigner.assign(all_anchors[valid_idx], gt, torch.zeros(gt.shape[0], dtype=torch.long, device=gt.device))
-            samp = self.sampler.sample(assign.gt_inds, assign.labels)
-            n = all_anchors.shape[0]
-            target = all_anchors.new_zeros(n)
-            weight = all_anchors.new_zeros(n)
-            bt = all_anchors.new_zeros(n, 4)
-            bw = all_anchors.new_zeros(n, 4)
-            pos = valid_idx[samp.pos_inds]
-            neg = valid_idx[samp.neg_inds]
-            target[pos] = 1.0
-            weight[pos] = lc.rpn_cls_pos_weight
-            weight[neg] = 1.0
-            if pos.numel():
-                bt[pos] = self.coder.encode(all_anchors[pos], gt[samp.pos_assigned_gt_inds].float())
-                bw[pos] = 1.0
-            labels_t.append(target)
-            weights_t.append(weight)
-            box_t.append(bt)
-            box_w.append(bw)
-            avg_factor += samp.avg_factor
-            num_pos += samp.num_pos
-            num_neg += samp.num_neg
-        target = torch.stack(labels_t)
-        weight = torch.stack(weights_t)
+        per_image = [
+            self.anchor_targets(
+                all_anchors, torch.cat(self.anchor_generator.valid_flags(sizes, pad, all_anchors.device)), gt
+            )
+            for gt, pad in zip(gt_boxes, pad_shapes)
+        ]
+        labels = torch.stack([t.labels for t in per_image])
+        label_weights = torch.stack([t.label_weights for t in per_image])
+        avg_factor = sum(t.avg_factor for t in per_image)
         if lc.rpn_cls_loss == "focal":
             loss_cls = sigmoid_focal(
-                cls_flat, target, weight, lc.focal_alpha, lc.focal_gamma, "mean", avg_factor, lc.eps
+                cls_flat, labels, label_weights, lc.focal_alpha, lc.focal_gamma, "mean", avg_factor, lc.eps
             )
         else:
-            loss_cls = sigmoid_bce(cls_flat, target, weight, "mean", avg_factor, lc.eps)
+            loss_cls = sigmoid_bce(cls_flat, labels, label_weights, "mean", avg_factor, lc.eps)
         loss_bbox = box_regression_loss(
-            reg_flat, torch.stack(box_t), torch.stack(box_w), lc.bbox_loss, lc.smooth_l1_beta, "mean", avg_factor, lc.eps
+            reg_flat,
+            torch.stack([t.bbox_targets for t in per_image]),
+            torch.stack([t.bbox_weights for t in per_image]),
+            lc.bbox_loss, lc.smooth_l1_beta, "mean", avg_factor, lc.eps,
         )
         losses = {
             "loss_rpn_cls": loss_cls * lc.rpn_loss_cls_weight,
             "loss_rpn_bbox": loss_bbox * lc.rpn_loss_bbox_weight,
         }
         stats = {
-            "rpn_num_pos": torch.tensor(float(num_pos)),
-            "rpn_num_neg": torch.tensor(float(num_neg)),
+            "rpn_num_pos": torch.tensor(float(sum(t.num_pos for t in per_image))),
+            "rpn_num_neg": torch.tensor(float(sum(t.num_neg for t in per_image))),
         }
         return losses, stats
 

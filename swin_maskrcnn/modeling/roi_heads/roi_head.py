@@ -7,6 +7,7 @@ hardest by current loss with ``roi_sampler='ohem'``), and build labels
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -21,6 +22,30 @@ from .roi_extractor import RoIExtractor, boxes_to_rois
 from ..sampler import ChoiceFn, RandomSampler, SamplingResult
 
 ROI_STRIDES = [4, 8, 16, 32]
+
+
+@dataclass
+class RoITargets:
+    """One image's sampled RoIs and what each learns; positives first, then negatives."""
+
+    boxes: Tensor  # (P + N, 4) sampled RoIs in network-input pixels
+    labels: Tensor  # (P + N,) GT class (0..C-1) of positives, C (background) for negatives
+    label_weights: Tensor  # (P + N,) roi_cls_pos_weight for positives, 1.0 for negatives
+    bbox_targets: Tensor  # (P + N, 4) encoded deltas to the assigned GT box; zeros for negatives
+    mask_targets: Tensor  # (P, M, M) binary mask targets of the positives (M = mask_size)
+    num_pos: int
+
+    @property
+    def num_neg(self) -> int:
+        return self.boxes.shape[0] - self.num_pos
+
+    @property
+    def pos_boxes(self) -> Tensor:
+        return self.boxes[: self.num_pos]
+
+    @property
+    def pos_labels(self) -> Tensor:
+        return self.labels[: self.num_pos]
 
 
 class RoIHead(nn.Module):
@@ -109,47 +134,53 @@ class RoIHead(nn.Module):
             return [], losses, stats
         return self.predict(feats, proposals, image_sizes), {}, {}
 
+    def targets(
+        self, proposals: Tensor, target: dict[str, Tensor], feats: list[Tensor], image_index: int
+    ) -> RoITargets:
+        """One image's sampled RoIs and their targets (see :meth:`candidates` and :meth:`sample`)."""
+        gt_boxes = target["boxes"].float().to(proposals.device)
+        gt_labels = target["labels"].long().to(proposals.device)
+        boxes, samp = self.sample(proposals, gt_boxes, gt_labels, feats, image_index)
+        pos_boxes = boxes[samp.pos_inds]
+        p, n = samp.num_pos, samp.num_neg
+        labels = torch.full((p + n,), self.num_classes, dtype=torch.long, device=boxes.device)
+        labels[:p] = samp.pos_labels
+        label_weights = boxes.new_ones(p + n)
+        label_weights[:p] = self.loss_cfg.roi_cls_pos_weight
+        bbox_targets = boxes.new_zeros(p + n, 4)
+        if p:
+            bbox_targets[:p] = self.bbox_head.coder.encode(pos_boxes, gt_boxes[samp.pos_assigned_gt_inds])
+        mask_targets = MaskHead.targets(pos_boxes, target["masks"], samp.pos_assigned_gt_inds, self.cfg.mask_size)
+        return RoITargets(
+            torch.cat([pos_boxes, boxes[samp.neg_inds]], 0), labels, label_weights, bbox_targets, mask_targets, p
+        )
+
     def loss(
         self, feats: list[Tensor], proposals: list[Tensor], targets: Sequence[dict[str, Tensor]]
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Weighted ``loss_cls``, ``loss_bbox``, ``loss_mask`` and sampling statistics."""
-        c = self.num_classes
-        lc = self.loss_cfg
-        sampled_boxes, pos_boxes, labels_l, weights_l, box_t_l = [], [], [], [], []
-        mask_t_l, mask_labels_l = [], []
-        num_pos = num_neg = 0
-        for img, (props, tgt) in enumerate(zip(proposals, targets)):
-            gt_boxes = tgt["boxes"].float().to(props.device)
-            gt_labels = tgt["labels"].long().to(props.device)
-            boxes, samp = self.sample(props, gt_boxes, gt_labels, feats, img)
-            pos_b = boxes[samp.pos_inds]
-            neg_b = boxes[samp.neg_inds]
-            p, n = samp.num_pos, samp.num_neg
-            labels = torch.full((p + n,), c, dtype=torch.long, device=boxes.device)
-            labels[:p] = samp.pos_labels
-            weights = boxes.new_ones(p + n)
-            weights[:p] = lc.roi_cls_pos_weight
-            box_t = boxes.new_zeros(p + n, 4)
-            if p:
-                box_t[:p] = self.bbox_head.coder.encode(pos_b, gt_boxes[samp.pos_assigned_gt_inds])
-            sampled_boxes.append(torch.cat([pos_b, neg_b], 0))
-            pos_boxes.append(pos_b)
-            labels_l.append(labels)
-            weights_l.append(weights)
-            box_t_l.append(box_t)
-            mask_t_l.append(MaskHead.targets(pos_b, tgt["masks"], samp.pos_assigned_gt_inds, self.cfg.mask_size))
-            mask_labels_l.append(samp.pos_labels)
-            num_pos += p
-            num_neg += n
-        rois = boxes_to_rois(sampled_boxes)
+        """Weighted ``loss_cls``, ``loss_bbox``, ``loss_mask`` and the sampling statistics.
+
+        The box head sees every sampled RoI of the batch, the mask head the positive ones; the
+        losses' normalisers are in :meth:`BBoxHead.loss` and :meth:`MaskHead.loss`.
+        """
+        per_image = [self.targets(props, tgt, feats, img) for img, (props, tgt) in enumerate(zip(proposals, targets))]
+        rois = boxes_to_rois([t.boxes for t in per_image])
         cls_score, bbox_pred = self.bbox_head(self.bbox_roi_extractor(feats, rois))
         losses, stats = self.bbox_head.loss(
-            cls_score, bbox_pred, torch.cat(labels_l), torch.cat(weights_l), torch.cat(box_t_l)
+            cls_score,
+            bbox_pred,
+            torch.cat([t.labels for t in per_image]),
+            torch.cat([t.label_weights for t in per_image]),
+            torch.cat([t.bbox_targets for t in per_image]),
         )
-        mask_logits = self.mask_head(self.mask_roi_extractor(feats, boxes_to_rois(pos_boxes)))
-        losses.update(self.mask_head.loss(mask_logits, torch.cat(mask_t_l), torch.cat(mask_labels_l)))
-        stats["roi_num_pos"] = torch.tensor(float(num_pos))
-        stats["roi_num_neg"] = torch.tensor(float(num_neg))
+        mask_logits = self.mask_head(self.mask_roi_extractor(feats, boxes_to_rois([t.pos_boxes for t in per_image])))
+        losses.update(
+            self.mask_head.loss(
+                mask_logits, torch.cat([t.mask_targets for t in per_image]), torch.cat([t.pos_labels for t in per_image])
+            )
+        )
+        stats["roi_num_pos"] = torch.tensor(float(sum(t.num_pos for t in per_image)))
+        stats["roi_num_neg"] = torch.tensor(float(sum(t.num_neg for t in per_image)))
         return losses, stats
 
     @torch.no_grad()
