@@ -8,7 +8,7 @@ the image ids of every training batch (``batches_rank{r}.json``), the gradients 
 optimizer step as the optimizer sees them (after DDP's all-reduce; ``grads_rank{r}.pt``) and the
 returned summary (``summary_rank{r}.json``) and a checksum of the parameters before and after each
 step (``params_rank{r}.json``). With ``DDP_TEST_NAN_LOSS=R:K`` in the environment, rank ``R``'s
-``K``-th training forward (0-based) returns a NaN ``loss_cls``: a fault on one rank only.
+``K``-th training loss computation (0-based) returns a NaN ``loss_cls``: a fault on one rank only.
 """
 from __future__ import annotations
 
@@ -56,24 +56,23 @@ class Record(L.Callback):
 
 
 def poison_one_rank(spec: str) -> None:
-    """``"R:K"``: rank R's K-th training forward returns a NaN loss_cls (see the module docstring)."""
+    """``"R:K"``: rank R's K-th training loss computation returns a NaN loss_cls (see the module docstring)."""
     from lightning.pytorch.utilities import rank_zero_only
 
     from swin_maskrcnn.modeling.detector import SwinMaskRCNN
 
     rank, call = (int(v) for v in spec.split(":"))
-    original = SwinMaskRCNN.forward
+    original = SwinMaskRCNN.losses_and_stats
     calls = {"n": 0}
 
-    def forward(self, images, targets=None, **kw):
-        out = original(self, images, targets, **kw)
-        if targets is not None and self.training:
-            if rank_zero_only.rank == rank and calls["n"] == call:
-                out["loss_cls"] = out["loss_cls"] * float("nan")
-            calls["n"] += 1
-        return out
+    def losses_and_stats(self, images, targets):
+        out, stats = original(self, images, targets)
+        if rank_zero_only.rank == rank and calls["n"] == call:
+            out["loss_cls"] = out["loss_cls"] * float("nan")
+        calls["n"] += 1
+        return out, stats
 
-    SwinMaskRCNN.forward = forward
+    SwinMaskRCNN.losses_and_stats = losses_and_stats
 
 
 def main(argv: list[str]) -> int:

@@ -58,23 +58,22 @@ class NanGradient(torch.autograd.Function):
 
 
 def poison(monkeypatch, loss_calls=(), grad_calls=(), from_call=None):
-    """Make the detector's training forward return a NaN loss_cls on the given (0-based) training
+    """Make the detector's training losses hold a NaN loss_cls on the given (0-based) training
     calls (or on every call from ``from_call`` on), and NaN gradients through loss_mask on others."""
-    original = SwinMaskRCNN.forward
+    original = SwinMaskRCNN.losses_and_stats
     calls = {"n": 0}
 
-    def forward(self, images, targets=None, **kw):
-        out = original(self, images, targets, **kw)
-        if targets is not None and self.training:
-            k = calls["n"]
-            calls["n"] += 1
-            if k in loss_calls or (from_call is not None and k >= from_call):
-                out["loss_cls"] = out["loss_cls"] * float("nan")
-            if k in grad_calls:
-                out["loss_mask"] = NanGradient.apply(out["loss_mask"])
-        return out
+    def losses_and_stats(self, images, targets):
+        out, stats = original(self, images, targets)
+        k = calls["n"]
+        calls["n"] += 1
+        if k in loss_calls or (from_call is not None and k >= from_call):
+            out["loss_cls"] = out["loss_cls"] * float("nan")
+        if k in grad_calls:
+            out["loss_mask"] = NanGradient.apply(out["loss_mask"])
+        return out, stats
 
-    monkeypatch.setattr(SwinMaskRCNN, "forward", forward)
+    monkeypatch.setattr(SwinMaskRCNN, "losses_and_stats", losses_and_stats)
 
 
 class Recorder(L.Callback):

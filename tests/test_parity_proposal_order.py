@@ -62,7 +62,7 @@ def _roi(m, feats, proposals, targets) -> dict[str, float]:
 def _our_training_proposals(m, feats, shapes) -> list[torch.Tensor]:
     rpn = m.rpn_head
     with torch.no_grad():
-        cls, reg = rpn(feats)
+        cls, reg = rpn.maps(feats)
         return rpn.proposals(cls, reg, rpn.anchors(feats), shapes, training=True)
 
 
