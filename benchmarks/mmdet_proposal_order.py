@@ -39,7 +39,7 @@ def ours(fixture: Path, out_path: Path) -> None:
     with torch.no_grad():
         feats = model.neck(model.backbone(out["batch_inputs"]))
         rpn = model.rpn_head
-        cls, reg = rpn.maps(feats) if hasattr(rpn, "maps") else rpn(feats)  # maps(): the one-call RPN API
+        cls, reg = rpn.maps(feats)
         props = rpn.proposals(cls, reg, rpn.anchors(feats), shapes, training=True)
     saved = []
     for i, (p, ref) in enumerate(zip(props, out["train"]["rpn_proposals"])):
