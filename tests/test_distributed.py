@@ -76,7 +76,7 @@ def test_two_process_run_ends_and_only_rank0_writes(ddp_run):
     assert (run / "model_final.pt").is_file()
     rows = read_metrics_csv(run)
     trained = [k for k in range(1, STEPS + 1) if k != NAN_STEP + 1]  # row k: after k steps
-    losses = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+    losses = {int(float(r["step"])): float(r["train/loss"]) for r in rows if r.get("train/loss")}
     assert sorted(losses) == list(range(1, STEPS + 1))
     assert [k for k in losses if math.isfinite(losses[k])] == trained  # the skipped step logs NaN
 

@@ -120,9 +120,9 @@ def test_nonfinite_loss_and_gradient_steps_are_skipped_and_counted(tiny_data, tm
     assert nf["events"][0]["image_ids"] == rec.ids[2] and nf["events"][1]["image_ids"] == rec.ids[3]
     assert list(nf["events"][0]["loss_terms"]) == ["loss_cls"]
     rows = read_metrics_csv(Path(s["run_dir"]))
-    counts = {int(r["step"]): float(r["train/nonfinite_skipped"]) for r in rows if r.get("train/nonfinite_skipped")}
+    counts = {int(float(r["step"])): float(r["train/nonfinite_skipped"]) for r in rows if r.get("train/nonfinite_skipped")}
     assert [counts[k] for k in range(1, 7)] == [0, 0, 1, 2, 2, 2]  # row k: after k steps
-    losses = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+    losses = {int(float(r["step"])): float(r["train/loss"]) for r in rows if r.get("train/loss")}
     assert [k for k in range(1, 7) if not math.isfinite(losses[k])] == [3]  # NaN loss logged, not the last one
     # the run's files are complete: the final checkpoint resumes / loads
     assert checkpoint_step(s["last_checkpoint"]) == 6
