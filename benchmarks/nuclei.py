@@ -18,7 +18,7 @@ num_classes=2, box_detections_per_img=400, min_size=short, max_size=long)``, i.e
 defaults otherwise (anchors 32-512 px, BatchNorm since nothing is pretrained).
 
 Evaluation: COCOeval bbox and segm with maxDets [1, 100, 400] on the val images (AP read at 400).
-Ours sees the val images through our test pipeline (resize to ``data.test_scale``) and predicts at
+Ours sees the val images through our test pipeline (resize to ``model.test_scale``) and predicts at
 the original size; the peer gets the original images and resizes them internally to the same scale.
 Writes ``DIR/ours.json``, ``DIR/peer.json`` (COCO results) and ``DIR/summary.json``.
 """
@@ -65,7 +65,7 @@ def build_data(cfg):
                                    filter_empty_gt=d.filter_empty_gt, min_size=d.min_size,
                                    num_classes=cfg.model.num_classes)
     val_ds = CocoInstanceDataset(d.val_ann, d.val_images,
-                                 transforms=build_test_transforms(None if d.test_scale is None else tuple(d.test_scale)))
+                                 transforms=build_test_transforms(cfg.model.test_scale))
     return train_ds, val_ds
 
 
@@ -225,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "hardware": common.hardware_line(),
         "budget": f"{args.minutes} CPU-minutes ({budget:.0f} s process CPU time) per model, torch threads {args.threads}",
         "data": {"train_ann": args.train_ann, "val_ann": args.val_ann, "train_images": len(train_ds),
-                 "val_images": len(val_ds), "scale": list(cfg.data.scale), "test_scale": list(cfg.data.test_scale),
+                 "val_images": len(val_ds), "scale": list(cfg.data.scale), "test_scale": cfg.model.test_scale,
                  "batch_size": cfg.data.batch_size},
         "optim": {"type": cfg.optim.type, "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay,
                   "schedule": "warmup 5% of budget, x0.1 at 80% of budget"},

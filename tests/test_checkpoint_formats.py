@@ -86,10 +86,7 @@ def trained(tmp_path_factory):
                              checkpoint_every_n_steps=100, probe_every_n_steps=100)
     raw = base.model_dump(mode="json")
     raw["model"] = _non_default_model().model_dump(mode="json")
-    if "test_scale" in ModelConfig.model_fields:  # the test scale's owner (it was data.test_scale before)
-        raw["model"]["test_scale"] = [160, 96]
-    else:
-        raw["data"]["test_scale"] = [160, 96]
+    raw["model"]["test_scale"] = [160, 96]
     cfg = config_from_dict(raw)
     summary = train(cfg)
     run = Path(summary["run_dir"])
@@ -113,10 +110,11 @@ def test_every_format_round_trips_config_names_ids_and_predictions(trained, fmt)
     from swin_maskrcnn import Predictor
 
     assert Predictor(trained[fmt], device="cpu").scale == (160, 96)  # the run's test scale
+    assert cfg.test_scale == (160, 96)  # the model config carries the test scale
     ims = _images()
     ref = trained["ref"].predict(ims, scale=(160, 96))
     assert max(len(r["scores"]) for r in ref) > 100
-    assert_same_predictions(model.predict(ims, scale=(160, 96)), ref)
+    assert_same_predictions(model.predict(ims), ref)
     # overrides apply on top of the restored config
     capped = load_model(trained[fmt], roi={"max_per_img": 5})
     assert capped.cfg.roi.max_per_img == 5 and capped.cfg.roi.score_thr == 0.02

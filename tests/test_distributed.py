@@ -143,7 +143,7 @@ def test_distributed_validation_equals_a_single_process_evaluation(ddp_run):
     dist = json.loads((run / "val" / f"step_{STEPS:07d}.json").read_text())
     model, _, meta = load_checkpoint(run / "model_final.pt")
     assert meta["global_step"] == STEPS  # the weights the final validation used
-    ds = CocoInstanceDataset(ann, imgs, transforms=build_test_transforms(tuple(cfg.data.test_scale)))
+    ds = CocoInstanceDataset(ann, imgs, transforms=build_test_transforms(cfg.model.test_scale))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

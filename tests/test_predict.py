@@ -71,13 +71,8 @@ def ours(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict_ckpt")
     ann, imgs = make_tiny_coco(root / "data", n_images=1)
     cfg = tiny_train_config(ann, imgs, root / "runs", "p")
-    extra = {}
-    if "test_scale" in ModelConfig.model_fields:  # the test scale's owner (it was data.test_scale before)
-        extra["test_scale"] = SCALE
-    else:
-        cfg.data.test_scale = list(SCALE)
     cfg.model = tiny_model_config(num_classes=2, fpn_channels=32, roi_fc_dims=64, mask_head_channels=16,
-                                  roi=dict(max_per_img=30), **extra)
+                                  roi=dict(max_per_img=30), test_scale=SCALE)
     torch.manual_seed(0)
     model = SwinMaskRCNN(cfg.model).eval()
     return save_checkpoint(root / "model_final.pt", model, cfg, ["rect", "ellipse"], {3: 0, 7: 1})

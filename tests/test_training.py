@@ -81,6 +81,7 @@ def tiny_train_config(ann: Path, imgs: Path, out_dir: Path, run_name: str, max_s
         mask_head_channels=16,
         rpn=dict(nms_pre_train=300, max_per_img_train=100, nms_pre_test=200, max_per_img_test=100),
         roi=dict(num_samples=64, max_per_img=20),
+        test_scale=(128, 128),
     ).model_dump(mode="json")
     rt = dict(accelerator="cpu", devices=1, val_every_n_steps=25, checkpoint_every_n_steps=15, log_every_n_steps=1,
               probe_every_n_steps=10, probe_images=2, out_dir=str(out_dir), run_name=run_name, progress_bar=False,
@@ -89,7 +90,7 @@ def tiny_train_config(ann: Path, imgs: Path, out_dir: Path, run_name: str, max_s
     return config_from_dict({
         "model": model,
         "data": dict(train_ann=str(ann), train_images=str(imgs), val_ann=str(ann), val_images=str(imgs),
-                     transforms="1x", scale=[128, 128], test_scale=[128, 128], batch_size=2, num_workers=0, min_size=0),
+                     transforms="1x", scale=[128, 128], batch_size=2, num_workers=0, min_size=0),
         "optim": dict(lr=2e-4, warmup_iters=5, milestones=[30] if max_steps > 30 else [], max_steps=max_steps),
         "runtime": rt,
     })

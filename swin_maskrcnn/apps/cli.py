@@ -105,7 +105,7 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
-                   help="test resize (default: the checkpoint's data.test_scale, else 1333 800)")
+                   help="test resize (default: the checkpoint's model.test_scale)")
     p.add_argument("--no-resize", action="store_true", help="feed images at their own size")
     p.add_argument("--score-thr", type=float, default=None, help="override the model's score threshold")
     p.add_argument("--max-per-img", type=int, default=None,
@@ -156,8 +156,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     elif args.scale is not None:
         scale = tuple(args.scale)
     else:
-        train_cfg = meta.get("train_config") or {}
-        scale = tuple((train_cfg.get("data") or {}).get("test_scale") or (1333, 800))
+        scale = cfg.test_scale
     dataset.transforms = build_test_transforms(scale)
     if len(dataset.cat_ids) != cfg.num_classes:
         raise ConfigError(

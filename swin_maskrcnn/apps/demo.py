@@ -204,7 +204,7 @@ def _finish_recipe(raw: dict[str, Any], demo: dict[str, Any], path_hint: str, ou
     size = demo["image_size"]
     if isinstance(size, (int, float)):  # square images: train and test at their own size
         raw["data"]["scale"] = [int(size), int(size)]
-        raw["data"]["test_scale"] = [int(size), int(size)]
+        raw.setdefault("model", {})["test_scale"] = [int(size), int(size)]
     optim = raw.setdefault("optim", {})
     runtime = raw.setdefault("runtime", {})
     if steps is not None:
@@ -418,8 +418,7 @@ def evaluate_demo(summary: dict[str, Any], cfg: Any, data: dict[str, Any]) -> di
 
     t0 = time.time()
     model, _, _ = load_checkpoint(summary["final_model"])
-    test_scale = None if cfg.data.test_scale is None else tuple(cfg.data.test_scale)
-    val_ds = CocoInstanceDataset(data["val_ann"], data["val_images"], transforms=build_test_transforms(test_scale))
+    val_ds = CocoInstanceDataset(data["val_ann"], data["val_images"], transforms=build_test_transforms(cfg.model.test_scale))
     metrics, results = evaluate_model(model, val_ds, batch_size=cfg.data.val_batch_size,
                                       max_dets=tuple(cfg.runtime.val_max_dets), progress=False,
                                       score_thr=float(cfg.model.roi.score_thr))

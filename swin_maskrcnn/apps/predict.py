@@ -38,10 +38,9 @@ from ..data.images import IMAGE_EXTENSIONS, load_rgb_image, pil_to_rgb_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "ImageSource", "collect_images", "to_coco_results", "register_subcommand", "DEFAULT_TEST_SCALE"]
+__all__ = ["Predictor", "ImageSource", "collect_images", "to_coco_results", "register_subcommand"]
 
 #: mmdet's test resize, used when neither the model nor the caller gives one
-DEFAULT_TEST_SCALE = (1333, 800)
 
 PathLike = Union[str, os.PathLike]
 ImageInput = Union[PathLike, np.ndarray, Tensor, Any]  # Any: a PIL image
@@ -74,16 +73,6 @@ def collect_images(inputs: Sequence[PathLike]) -> tuple[list[ImageSource], list[
     return found, errors
 
 
-def _model_test_scale(model: nn.Module) -> Optional[tuple[int, int]]:
-    """The test resize the model was trained for (None = images at their own size)."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None and "test_scale" in type(cfg).model_fields:
-        scale = cfg.test_scale
-        return None if scale is None else (int(scale[0]), int(scale[1]))
-    scale = getattr(model, "test_scale", DEFAULT_TEST_SCALE)
-    return None if scale is None else (int(scale[0]), int(scale[1]))
-
-
 class Predictor:
     """Batched predictions for images, arrays or files, with the checkpoint's settings.
 
@@ -110,11 +99,7 @@ class Predictor:
         if isinstance(model_or_path, (str, os.PathLike)):
             from ..checkpoint.loader import load_checkpoint
 
-            model, _, meta = load_checkpoint(model_or_path, **overrides)
-            if not hasattr(model.cfg, "test_scale"):  # checkpoints store the test scale in the training config
-                data = (meta.get("train_config") or {}).get("data") or {}
-                model.test_scale = tuple(data["test_scale"]) if "test_scale" in data and data["test_scale"] else (
-                    None if "test_scale" in data else DEFAULT_TEST_SCALE)
+            model, _, _ = load_checkpoint(model_or_path, **overrides)
         elif isinstance(model_or_path, nn.Module):
             if overrides:
                 raise ValueError(f"overrides {sorted(overrides)} need a checkpoint path; a model keeps its config")
@@ -128,7 +113,7 @@ class Predictor:
         if isinstance(scale, str):
             if scale != "model":
                 raise ValueError(f"scale must be 'model', a (long, short) pair or None, got {scale!r}")
-            scale = _model_test_scale(model)
+            scale = model.cfg.test_scale  # the one owner of the test resize (None: own size)
         self.scale = None if scale is None else (int(scale[0]), int(scale[1]))
         n = model.cfg.num_classes
         names = getattr(model, "class_names", None)
@@ -150,7 +135,7 @@ class Predictor:
 
     def _run(self, images: list[Union[np.ndarray, Tensor]], names: list[Optional[str]],
              keep_images: bool = False) -> list[dict[str, Any]]:
-        outs = self.model.predict(images, resize=self.scale is not None, scale=self.scale or DEFAULT_TEST_SCALE)
+        outs = self.model.predict(images, resize=self.scale is not None, scale=self.scale)
         results = []
         for out, name, arr in zip(outs, names, images):
             r = {k: v.detach().cpu() for k, v in out.items()}

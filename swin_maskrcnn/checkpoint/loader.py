@@ -112,6 +112,16 @@ def _apply_overrides(cfg: ModelConfig, overrides: Mapping[str, Any]) -> ModelCon
     return ModelConfig.model_validate(data)
 
 
+def _with_test_scale(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored model config; files written before ``model.test_scale`` existed kept it in the
+    training config's ``data.test_scale``, which is taken over."""
+    model_cfg = dict(meta["model_config"])
+    data = (meta.get("train_config") or {}).get("data") or {}
+    if "test_scale" not in model_cfg and "test_scale" in data:
+        model_cfg["test_scale"] = data["test_scale"]
+    return model_cfg
+
+
 def load_checkpoint(
     path: PathLike, map_location: Union[str, torch.device] = "cpu", **overrides: Any
 ) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
@@ -133,7 +143,7 @@ def load_checkpoint(
             path, cfg.variant, cfg.num_classes, f" plus the overrides {sorted(overrides)}" if overrides else "",
         )
     else:
-        cfg = _apply_overrides(ModelConfig.model_validate(meta["model_config"]), overrides)
+        cfg = _apply_overrides(ModelConfig.model_validate(_with_test_scale(meta)), overrides)
     model = SwinMaskRCNN(cfg)
     load_state_dict_strict(model, sd, source=str(path))
     mapping = meta.get("cat_id_to_label")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: ``torch.compile`` modes accepted by :func:`swin_maskrcnn.modeling.acceleration.compile_dense`
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -133,7 +133,21 @@ class RoIConfig(StrictModel):
     nms_iou: float = Field(0.5, gt=0, le=1)
     max_per_img: int = Field(100, ge=1, le=10000, description="detection cap per image (≥400 allowed)")
     mask_thr: float = Field(0.5, ge=0, le=1)
-    mask_size: int = Field(28, ge=2)
+    mask_size: int = Field(
+        28,
+        ge=2,
+        description="side of the mask head's output, its targets and the masks pasted from it; the mask RoIs "
+        "are pooled at mask_size / 2 and upsampled x2, so it must be even (mmdet: 28)",
+    )
+
+    @field_validator("mask_size")
+    @classmethod
+    def _even_mask_size(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(
+                f"mask_size must be even (the mask head upsamples RoIs pooled at mask_size / 2 by 2), got {v}"
+            )
+        return v
 
 
 class ModelConfig(StrictModel):
@@ -155,9 +169,21 @@ class ModelConfig(StrictModel):
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     size_divisor: int = Field(32, ge=1)
+    test_scale: Optional[tuple[int, int]] = Field(
+        (1333, 800),
+        description="test-time keep-ratio resize (long, short) with mmdet's rounding: predict's default and what "
+        "evaluation and the validation pipeline resize to; null = images at their own size",
+    )
     rpn: RPNConfig = Field(default_factory=RPNConfig)
     roi: RoIConfig = Field(default_factory=RoIConfig)
     losses: LossConfig = Field(default_factory=LossConfig)
+
+    @field_validator("test_scale")
+    @classmethod
+    def _positive_scale(cls, v: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+        if v is not None and (v[0] < 1 or v[1] < 1):
+            raise ValueError(f"both sides must be >= 1, got {list(v)}")
+        return v
 
     @model_validator(mode="after")
     def _check_arch(self) -> "ModelConfig":

@@ -141,21 +141,23 @@ class SwinMaskRCNN(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self, images: Sequence[ImageLike], resize: bool = True, scale: tuple[int, int] = (1333, 800)
+        self, images: Sequence[ImageLike], resize: bool = True, scale: Optional[tuple[int, int]] = None
     ) -> list[dict[str, Tensor]]:
         """Detect on images of any size: uint8 RGB (H, W, 3) arrays or (3, H, W) tensors.
 
-        With ``resize=True`` mmdet's test pipeline is applied (keep-ratio resize to ``scale`` with
-        mmdet's rounding, normalise, pad to 32) and results come back in the original image's
-        coordinates; with ``resize=False`` images go in at their own size.
+        With ``resize=True`` mmdet's test pipeline is applied (keep-ratio resize to ``scale``, by
+        default the model's ``cfg.test_scale``, with mmdet's rounding; normalise; pad to 32) and
+        results come back in the original image's coordinates; with ``resize=False`` (or no scale
+        at all) images go in at their own size.
         """
+        scale = self.cfg.test_scale if scale is None else scale
         was_training = self.training
         self.eval()
         try:
             device = next(self.parameters()).device
             originals = [t.to(device) for t in self._inputs(images)]
             sizes = [(int(im.shape[1]), int(im.shape[2])) for im in originals]
-            inputs = [resize_keep_ratio(im, scale) for im in originals] if resize else originals
+            inputs = [resize_keep_ratio(im, scale) for im in originals] if resize and scale is not None else originals
             return self._run(inputs, None, sizes)[0]
         finally:
             self.train(was_training)

@@ -95,7 +95,6 @@ class DataConfig(StrictModel):
     )
     crop_size: Scale = Field((384, 600), description="ms_crop_3x absolute_range crop size (min, max)")
     flip_prob: float = Field(0.5, ge=0, le=1)
-    test_scale: Optional[Scale] = Field((1333, 800), description="validation/probe resize (None: native size)")
     batch_size: int = Field(2, ge=1, description="images per device per micro-batch (mmdet: 2 x 8 GPUs)")
     val_batch_size: int = Field(1, ge=1)
     num_workers: int = Field(2, ge=0)
@@ -110,7 +109,7 @@ class DataConfig(StrictModel):
         "logged and counted in the run summary",
     )
 
-    @field_validator("scale", "crop_size", "test_scale")
+    @field_validator("scale", "crop_size")
     @classmethod
     def _positive_pair(cls, v: Optional[Scale]) -> Optional[Scale]:
         if v is not None and (v[0] < 1 or v[1] < 1):
@@ -283,6 +282,10 @@ class InitConfig(StrictModel):
     )
 
 
+def _as_pair(v: Any) -> Any:
+    return None if v is None else tuple(v)
+
+
 class TrainConfig(StrictModel):
     """A whole training run."""
 
@@ -291,6 +294,28 @@ class TrainConfig(StrictModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     init: InitConfig = Field(default_factory=InitConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _test_scale_moved_to_model(cls, data: Any) -> Any:
+        """``data.test_scale`` (older configs and checkpoints) is read as ``model.test_scale``, the one owner."""
+        if not isinstance(data, dict) or not isinstance(data.get("data"), dict) or "test_scale" not in data["data"]:
+            return data
+        data = dict(data, data=dict(data["data"]))
+        scale = data["data"].pop("test_scale")
+        model = data.get("model")
+        if isinstance(model, ModelConfig):
+            model = model.model_dump()
+        model = dict(model or {})
+        if "test_scale" in model and _as_pair(model["test_scale"]) != _as_pair(scale):
+            raise ValueError(
+                f"data.test_scale={scale} and model.test_scale={model['test_scale']} disagree; "
+                "the test scale belongs to model.test_scale (drop data.test_scale)"
+            )
+        log.warning("data.test_scale is deprecated: read as model.test_scale=%s", scale)
+        model["test_scale"] = scale
+        data["model"] = model
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "TrainConfig":

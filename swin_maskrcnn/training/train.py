@@ -266,7 +266,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[CocoInstanceDataset, Optional[Coco
     require_instances(train_ds, "data.train_ann")
     val_ds = None
     if d.val_ann is not None:
-        test_tf = build_test_transforms(None if d.test_scale is None else tuple(d.test_scale))
+        test_tf = build_test_transforms(cfg.model.test_scale)
         val_ds = CocoInstanceDataset(d.val_ann, d.val_images, transforms=test_tf, bad_images=d.bad_images)
         check_num_classes(cfg, val_ds, "validation")
         require_instances(val_ds, "data.val_ann")
@@ -282,7 +282,7 @@ def _probe_batch(cfg: TrainConfig, train_ds: CocoInstanceDataset, val_ds: Option
         source = val_ds
     else:
         source = copy.copy(train_ds)
-        source.transforms = build_test_transforms(None if cfg.data.test_scale is None else tuple(cfg.data.test_scale))
+        source.transforms = build_test_transforms(cfg.model.test_scale)
     k = min(cfg.runtime.probe_images, len(source))
     images, sizes = [], []
     for i in range(k):

@@ -67,7 +67,8 @@ class RoIHead(nn.Module):
         self.num_classes = cfg.num_classes
         ch = cfg.fpn_channels
         self.bbox_roi_extractor = RoIExtractor(7, ROI_STRIDES, cfg.roi.finest_scale)
-        self.mask_roi_extractor = RoIExtractor(14, ROI_STRIDES, cfg.roi.finest_scale)
+        # The mask head upsamples x2, so RoIs pooled at mask_size / 2 give mask_size logits (28 <- 14).
+        self.mask_roi_extractor = RoIExtractor(cfg.roi.mask_size // 2, ROI_STRIDES, cfg.roi.finest_scale)
         self.bbox_head = BBoxHead(ch, 7, cfg.roi_fc_dims, cfg.num_classes, cfg.losses)
         self.mask_head = MaskHead(ch, cfg.mask_head_channels, cfg.num_classes, cfg.losses)
         self.assigner = MaxIoUAssigner(cfg.roi.pos_iou_thr, cfg.roi.neg_iou_thr, cfg.roi.min_pos_iou)
