@@ -10,7 +10,7 @@ are mmdet's losses plus one change):
 * ``seed``     -- the design's preset ``configs/losses/seed.yaml`` (pos weights 5 / 3, clip_grad_norm 10; the library default)
 * ``focal``    -- ``rpn_cls_loss=focal``, ``roi_cls_loss=sigmoid_focal`` (alpha 0.25, gamma 2)
 * ``ohem``     -- ``roi_sampler=ohem``
-* ``dynamic``  -- ``dynamic_loss_weighting=true`` (learned uncertainty weights)
+* ``dynamic``  -- ``learned_loss_weights=true`` (learned uncertainty weights)
 
 Each variant trains ``configs/nuclei.yaml``'s model from scratch with ``benchmarks/nuclei.py``'s
 ``run_ours`` (same CPU-time budget, same data order, same init seed) and is evaluated on the val
@@ -41,7 +41,7 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {  # name -> (layers, overrid
     "seed": ([str(SEED_PRESET)], []),
     "focal": ([str(MMDET_LOSSES)], ["model.losses.rpn_cls_loss=focal", "model.losses.roi_cls_loss=sigmoid_focal"]),
     "ohem": ([str(MMDET_LOSSES)], ["model.losses.roi_sampler=ohem"]),
-    "dynamic": ([str(MMDET_LOSSES)], ["model.losses.dynamic_loss_weighting=true"]),
+    "dynamic": ([str(MMDET_LOSSES)], ["model.losses.learned_loss_weights=true"]),
 }
 
 

@@ -1,4 +1,4 @@
-"""The loss options beyond mmdet's recipe: focal RPN / RoI classification, OHEM, dynamic weighting.
+"""The loss options beyond mmdet's recipe: focal RPN / RoI classification, OHEM, learned loss weights.
 
 Each is checked against a closed form at zero logits (p = 0.5: BCE = ln 2, focal factor 0.5^gamma,
 alpha_t = alpha for positives and 1 - alpha for negatives) or an independent recomputation.
@@ -92,30 +92,30 @@ def test_ohem_picks_the_hardest_negatives():
     assert torch.isfinite(sum(out.values()))
 
 
-def test_dynamic_weighting_formula_and_learning():
-    m = model_with(dynamic_loss_weighting=True)
+def test_learned_loss_weights_formula_and_learning():
+    m = model_with(learned_loss_weights=True)
     base = model_with()
-    base.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("loss_balancer")})
+    base.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("learned_loss_weights")})
     img, t = scene()
     with torch.no_grad():
-        m.loss_balancer.log_vars.copy_(torch.tensor([0.5, -0.2, 0.0, 1.0, -1.0]))
+        m.learned_loss_weights.log_vars.copy_(torch.tensor([0.5, -0.2, 0.0, 1.0, -1.0]))
     torch.manual_seed(7)
     out, stats = m.losses_and_stats([img], [t])
     torch.manual_seed(7)
     ref = base([img], [t])
     assert set(out) == set(ref)  # the learned weights are statistics, not losses
     for i, k in enumerate(("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")):
-        s = m.loss_balancer.log_vars[i].item()
+        s = m.learned_loss_weights.log_vars[i].item()
         assert out[k].item() == pytest.approx(math.exp(-s) * ref[k].item() + s, rel=1e-5, abs=1e-6)
         assert stats[f"weight_{k[5:]}"].item() == pytest.approx(math.exp(-s), rel=1e-6)
     # The weights learn and are never weight-decayed.
     sum(out.values()).backward()
-    assert m.loss_balancer.log_vars.grad.abs().min() > 0
-    decay, no_decay = split_decay_names(m, ["absolute_pos_embed", "relative_position_bias_table", "norm", "loss_balancer"])
-    assert "loss_balancer.log_vars" in no_decay
+    assert m.learned_loss_weights.log_vars.grad.abs().min() > 0
+    decay, no_decay = split_decay_names(m, ["absolute_pos_embed", "relative_position_bias_table", "norm", "learned_loss_weights"])
+    assert "learned_loss_weights.log_vars" in no_decay
 
 
-@pytest.mark.parametrize("opts", [dict(rpn_cls_loss="focal", roi_cls_loss="sigmoid_focal"), dict(roi_sampler="ohem"), dict(dynamic_loss_weighting=True)])
+@pytest.mark.parametrize("opts", [dict(rpn_cls_loss="focal", roi_cls_loss="sigmoid_focal"), dict(roi_sampler="ohem"), dict(learned_loss_weights=True)])
 def test_options_handle_empty_gt(opts):
     m = model_with(**opts)
     img, _ = scene()

@@ -80,12 +80,32 @@ def test_stages_at_inference_return_detections_and_no_losses():
 
 
 def test_loss_dict_has_only_losses_and_learned_weights_are_stats():
-    model = tiny(losses={"dynamic_loss_weighting": True}).train()
+    model = tiny(losses={"learned_loss_weights": True}).train()
     img, t = scene()
     losses, stats = model.losses_and_stats([img], [t])
     assert set(losses) == RPN_LOSSES | ROI_LOSSES
     assert {"weight_rpn_cls", "weight_rpn_bbox", "weight_cls", "weight_bbox", "weight_mask"} <= set(stats)
     assert all(not v.requires_grad for v in stats.values())
+
+
+def test_learned_loss_weights_have_one_name_and_read_the_older_ones(tmp_path):
+    from swin_maskrcnn.checkpoint.loader import load_checkpoint
+    from swin_maskrcnn.checkpoint.native import save_checkpoint
+    from swin_maskrcnn.modeling.config import LossConfig
+    from swin_maskrcnn.training.config import OptimConfig
+
+    assert LossConfig(dynamic_loss_weighting=True).learned_loss_weights  # the older config key
+    assert "dynamic_loss_weighting" not in LossConfig().model_dump()
+    assert OptimConfig(no_decay_keys=["norm", "loss_balancer"]).no_decay_keys == ["norm", "learned_loss_weights"]
+    model = tiny(losses={"learned_loss_weights": True})
+    with torch.no_grad():
+        model.learned_loss_weights.log_vars.copy_(torch.tensor([0.5, -0.2, 0.0, 1.0, -1.0]))
+    path = save_checkpoint(tmp_path / "new.pt", model, model.cfg, ["a", "b", "c"], None)
+    obj = torch.load(path, weights_only=True)
+    obj["state_dict"] = {k.replace("learned_loss_weights.", "loss_balancer."): v for k, v in obj["state_dict"].items()}
+    torch.save(obj, tmp_path / "old.pt")  # as written before the rename
+    loaded, _, _ = load_checkpoint(tmp_path / "old.pt")
+    assert torch.equal(loaded.learned_loss_weights.log_vars, model.learned_loss_weights.log_vars)
 
 
 @pytest.mark.parametrize("mask_size", [20, 28])

@@ -51,7 +51,7 @@ def test_1x_is_mmdet_recipe():
     c = load_config(BASE)
     o = c.optim
     assert (o.type, o.lr, tuple(o.betas), o.weight_decay) == ("adamw", 1e-4, (0.9, 0.999), 0.05)
-    assert o.no_decay_keys == ["absolute_pos_embed", "relative_position_bias_table", "norm", "loss_balancer"]
+    assert o.no_decay_keys == ["absolute_pos_embed", "relative_position_bias_table", "norm", "learned_loss_weights"]
     assert (o.warmup_iters, o.warmup_start_factor) == (1000, 0.001)
     steps_per_epoch = -(-117266 // 16)
     assert steps_per_epoch == 7330

@@ -145,6 +145,9 @@ def load_checkpoint(
     else:
         cfg = _apply_overrides(ModelConfig.model_validate(_with_test_scale(meta)), overrides)
     model = SwinMaskRCNN(cfg)
+    # "loss_balancer." was the learned loss weights' earlier module name
+    sd = {("learned_loss_weights." + k[len("loss_balancer."):] if k.startswith("loss_balancer.") else k): v
+          for k, v in sd.items()}
     load_state_dict_strict(model, sd, source=str(path))
     mapping = meta.get("cat_id_to_label")
     meta["cat_id_to_label"] = None if mapping is None else {int(k): int(v) for k, v in mapping.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: ``torch.compile`` modes accepted by :func:`swin_maskrcnn.modeling.acceleration.compile_dense`
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -84,8 +84,9 @@ class LossConfig(StrictModel):
     roi_sampler: Literal["random", "ohem"] = Field(
         "random", description="RoI sampling: random (mmdet) or OHEM (hardest positives/negatives by current loss)"
     )
-    dynamic_loss_weighting: bool = Field(
+    learned_loss_weights: bool = Field(
         False,
+        validation_alias=AliasChoices("learned_loss_weights", "dynamic_loss_weighting"),  # the older name
         description="learned uncertainty weights per loss component (Kendall et al. 2018): "
         "L = sum_i exp(-s_i) * w_i * L_i + s_i with learned s_i",
     )

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .backbone.fpn import FPN
-from .loss_weighting import UncertaintyWeighting
+from .loss_weighting import LearnedLossWeights
 from .preprocess import ImageBatch, ImageLike, normalize_and_pad, resize_keep_ratio, to_chw_255
 from .roi_heads.mask_head import paste_masks
 from .roi_heads.roi_head import RoIHead
@@ -52,7 +52,7 @@ class SwinMaskRCNN(nn.Module):
         self.neck = FPN(cfg.stage_channels(), cfg.fpn_channels)
         self.rpn_head = RPNHead(cfg.fpn_channels, cfg.rpn, cfg.losses, sample_choice)
         self.roi_head = RoIHead(cfg, sample_choice)
-        self.loss_balancer = UncertaintyWeighting() if cfg.losses.dynamic_loss_weighting else None
+        self.learned_loss_weights = LearnedLossWeights() if cfg.losses.learned_loss_weights else None
 
     @property
     def num_classes(self) -> int:
@@ -87,8 +87,8 @@ class SwinMaskRCNN(nn.Module):
         for i, (im, t) in enumerate(zip(images_255, targets)):
             check_target(i, im, t, self.num_classes)
         _, losses, stats = self._run(images_255, targets, None)
-        if self.loss_balancer is not None:
-            losses, weights = self.loss_balancer(losses)
+        if self.learned_loss_weights is not None:
+            losses, weights = self.learned_loss_weights(losses)
             stats.update(weights)
         device = next(iter(losses.values())).device
         return losses, {k: v.detach().to(device) for k, v in stats.items()}

@@ -152,7 +152,7 @@ class OptimConfig(StrictModel):
     eps: float = Field(1e-8, gt=0, le=1e-2, description="AdamW only")
     weight_decay: float = Field(0.05, ge=0, le=1)
     no_decay_keys: list[str] = Field(
-        default_factory=lambda: ["absolute_pos_embed", "relative_position_bias_table", "norm", "loss_balancer"],
+        default_factory=lambda: ["absolute_pos_embed", "relative_position_bias_table", "norm", "learned_loss_weights"],
         description="a parameter whose full name CONTAINS any of these gets weight_decay 0 (mmdet custom_keys)",
     )
     warmup_iters: int = Field(1000, ge=0)
@@ -176,7 +176,8 @@ class OptimConfig(StrictModel):
     def _keys(cls, v: list[str]) -> list[str]:
         if any(not k for k in v):
             raise ValueError("empty key (it would match every parameter)")
-        return v
+        # "loss_balancer" was the learned loss weights' earlier module name
+        return ["learned_loss_weights" if k == "loss_balancer" else k for k in v]
 
 
 class CollapseConfig(StrictModel):
