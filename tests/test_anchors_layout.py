@@ -1,4 +1,5 @@
-"""Anchor generation and the RPN prediction/anchor/target layout (predecessor bugs B1, B2, B3).
+"""Anchor generation and the RPN prediction/anchor/target layout: every logit and delta is trained
+against and decoded with its own anchor, and every GT gets positive anchors.
 
 Everything is checked against closed forms (mmdet AnchorGenerator: centre offset 0, no rounding,
 ratio order [0.5, 1, 2], flattening (H, W, A) with the anchor innermost) or against torchvision
@@ -191,7 +192,7 @@ def test_flatten_level_matches_explicit_loop():
                     assert torch.equal(reg_f[b, i], reg[b, a * 4 : a * 4 + 4, y, x])
 
 
-# ---------------------------------------------------------------------------- proposals (B2)
+# ------------------------------------------------- proposals: deltas decoded at their own anchor
 PLANT_DELTA = (0.15, -0.1, -0.4, -0.3)  # distinct values: a permuted (dx, dy, dw, dh) cannot pass
 
 
@@ -218,7 +219,7 @@ def test_top_proposal_is_hand_decoded_planted_anchor(level, a):
     # a decoy in image 0 at another place: image 1 must not see it
     cls[0][0, 0, 3, 7] = 12.0
     for m in cls + reg:
-        m.requires_grad_()  # proposals must come out detached (B9)
+        m.requires_grad_()  # proposals come out detached: the RoI losses never reach the RPN
     anchors = list(grid_anchors())
     props = head.proposals(cls, reg, anchors, [(IMG_H, IMG_W), (IMG_H, IMG_W)], training=False)
     top = props[1][0]
@@ -256,7 +257,7 @@ def test_proposals_clip_to_each_images_own_shape_and_nms_per_level():
     assert float(props[:, [0, 2]].max()) <= 90 and float(props[:, [1, 3]].max()) <= 100
 
 
-# ------------------------------------------------------------------------- RPN loss targets (B1)
+# ---------------------------------------------- RPN loss targets: each lands on its own anchor
 def perturbed_gt(level: int, a: int, y: int, x: int) -> list[float]:
     """A GT close to the planted anchor (IoU ~0.85): shifted and slightly rescaled."""
     x1, y1, x2, y2 = closed_form_anchor(level, a, y, x)

@@ -1,8 +1,9 @@
 """MaxIoUAssigner on hand-built IoU matrices and real anchors, RandomSampler counts, RoIHead.sample.
 
 Expected values are written by hand from mmdet's rules (reference section 1.4) or computed with
-torchvision's ``box_iou``; the predecessor's failures (B3: no low-quality matches, B10: GT not added
-as proposals) are pinned down explicitly.
+torchvision's ``box_iou``. Two properties are pinned down explicitly: every GT whose best IoU reaches
+min_pos_iou gets a positive (low-quality matches), and the GT boxes join the RoI candidates as
+positives (so the RoI heads see foreground from the first step).
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def test_assign_uses_plain_iou_of_boxes():
     torch.testing.assert_close(r.max_overlaps, box_iou(gts, boxes).max(0).values)
 
 
-# ---------------------------------------------------------------------- assigner, real anchors (B3)
+# ------------------------------------------ assigner, real anchors: every GT gets a positive
 def real_anchors(img_h=256, img_w=256):
     strides = [4, 8, 16, 32, 64]
     gen = AnchorGenerator(strides, [8.0], [0.5, 1.0, 2.0])
@@ -217,7 +218,7 @@ def test_even_choice_is_evenly_spaced():
     assert even_choice(g, 3).tolist() == [10, 13, 16]
 
 
-# ---------------------------------------------------------------------- RoIHead.sample (B10)
+# -------------------------------------------- RoIHead.sample: GT boxes join as positive candidates
 def roi_head(**roi):
     cfg = tiny_model_config(num_classes=3)
     if roi:

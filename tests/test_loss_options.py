@@ -68,7 +68,7 @@ def test_ohem_picks_the_hardest_negatives():
     m.eval()
     with torch.no_grad():
         batch, _, _ = m.preprocess([img * 255])
-        feats = m.extract_features(batch)[:4]
+        feats = m.neck(m.backbone(batch))[:4]
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(600, 2, generator=g) * 100
     wh = torch.rand(600, 2, generator=g) * 50 + 4

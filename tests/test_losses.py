@@ -1,4 +1,4 @@
-"""Loss values and normalisation on hand-computed cases (predecessor bugs B3, B4 and reference 1.4).
+"""Loss values and normalisation on hand-computed cases (mmdet's rules, reference section 1.4).
 
 - element values of BCE / CE / L1 / smooth-L1 against closed forms, reductions and avg_factor;
 - RPN: the loss recomputed from scratch (closed-form anchors layout, torchvision IoU, the MaxIoU
@@ -355,7 +355,7 @@ def test_roi_component_weights_scale_linearly():
     assert float(sc["loss_bbox"]) == pytest.approx(0.5 * float(base["loss_bbox"]), rel=1e-6)
 
 
-# ------------------------------------------------------------------------------------- mask (B4)
+# ------------------------------------------- mask: a mean over pixels, not a per-RoI sum over 28 x 28
 def mask_head(**loss_kw) -> MaskHead:
     return MaskHead(4, 4, C, LossConfig.mmdet(**loss_kw), num_convs=1)
 
@@ -464,7 +464,7 @@ def test_roi_head_initial_mask_loss_is_ln2_and_weights_scale():
     with torch.no_grad():
         head.mask_head.conv_logits.bias.zero_()
     base, _ = head.loss(feats, proposals, targets)
-    assert float(base["loss_mask"]) == pytest.approx(LN2, rel=1e-6)  # not 784 ln 2 (B4)
+    assert float(base["loss_mask"]) == pytest.approx(LN2, rel=1e-6)  # a mean over pixels: not 784 ln 2
     head2 = roi_head(roi_loss_cls_weight=2.0, roi_loss_bbox_weight=3.0, roi_loss_mask_weight=0.5)
     with torch.no_grad():
         head2.mask_head.conv_logits.bias.zero_()
@@ -474,7 +474,7 @@ def test_roi_head_initial_mask_loss_is_ln2_and_weights_scale():
 
 
 def test_roi_head_loss_with_an_empty_gt_image_in_the_batch():
-    """B7: a GT-less image next to a normal one: finite losses, its RoIs are background only."""
+    """A GT-less image next to a normal one: finite losses, its RoIs are background only."""
     head = roi_head()
     feats, proposals, targets, _, _ = roi_batch()
     targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, IMG, IMG, dtype=torch.uint8)}

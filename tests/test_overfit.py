@@ -1,7 +1,8 @@
 """End-to-end sanity: a tiny model overfits two generated images (shapes on noise).
 
-The predecessor's layout, target and loss bugs (B0-B6) all make this fail; none of its own tests
-could catch them. Measured with pycocotools' COCOeval (AP at IoU 0.5) on the training images.
+Any mismatch between a prediction and its target (layout, anchor order, RoI order, level scale,
+batch index), a loss scaled by the mask area, or inputs normalised twice makes this fail, which
+unit tests of single parts cannot show. Measured with pycocotools' COCOeval (AP at IoU 0.5) on the training images.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Multi-level RoI extraction (predecessor bugs B5: row order, B6: per-level scale and batch index).
+"""Multi-level RoI extraction: output rows in input RoI order, each level pooled at its own 1/stride,
+each RoI from its own image of the batch.
 
 The main closed-form test uses "coordinate maps": on level k (stride s) channel 0 holds the image
 x of each feature pixel's centre, (j + 0.5) * s, channel 1 the image y, channel 2 the level, channel
@@ -187,7 +188,7 @@ def test_fifth_map_p6_is_not_used_for_rois():
     assert float(out.abs().max()) < 1e3 and torch.allclose(out[0, 2], torch.full((7, 7), 3.0), atol=1e-5)
 
 
-# ------------------------------------------------------------------------------- batch index (B6)
+# ------------------------------------------------------------------------------- batch index
 def test_batch_index_picks_the_right_image_for_every_level():
     torch.manual_seed(3)
     feats = [torch.randn(3, 2, IMG // s, IMG // s) for s in STRIDES]

@@ -39,7 +39,7 @@ def tiny(**overrides) -> SwinMaskRCNN:
 
 def features(model: SwinMaskRCNN, images):
     batch = model.preprocess([im * 255 for im in images])
-    return batch, model.extract_features(batch.tensor)
+    return batch, model.neck(model.backbone(batch.tensor))
 
 
 def test_stages_in_training_return_losses_and_stats_and_no_detections():

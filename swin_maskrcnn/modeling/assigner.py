@@ -4,8 +4,9 @@ Result per candidate: ``gt_inds`` with -1 = ignored, 0 = negative, k >= 1 = posi
 1. max IoU in [0, neg_iou_thr) -> negative; 2. max IoU >= pos_iou_thr -> its argmax GT;
 3. low-quality matches: for each GT i in order whose best IoU >= min_pos_iou, EVERY candidate whose
    IoU with i equals that best IoU is assigned to i (overwriting step 2). This guarantees a positive
-   for every GT whose best IoU reaches ``min_pos_iou`` (predecessor bug B3). torchvision's Matcher
-   differs (no min_pos_iou, argmax GT of each candidate).
+   for every GT whose best IoU reaches ``min_pos_iou``, so small or oddly shaped boxes that no
+   anchor covers at 0.7 still train the RPN. torchvision's Matcher differs (no min_pos_iou, argmax
+   GT of each candidate).
 """
 from __future__ import annotations
 

@@ -62,10 +62,6 @@ class SwinMaskRCNN(nn.Module):
         """Normalised, zero-padded batch plus each image's (h, w) and padded (h, w)."""
         return normalize_and_pad(images_255, self.cfg.pixel_mean, self.cfg.pixel_std, self.cfg.size_divisor)
 
-    def extract_features(self, batch: Tensor) -> list[Tensor]:
-        """FPN maps P2..P6 of a normalised, padded batch."""
-        return self.neck(self.backbone(batch))
-
     def forward(
         self,
         images: Sequence[Tensor],

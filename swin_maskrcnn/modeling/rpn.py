@@ -1,8 +1,10 @@
 """Region Proposal Network: head, training targets and loss, and proposal generation (mmdet RPNHead).
 
-Layouts (the predecessor's bugs B1/B2): the objectness map (B, A, H, W) and the delta map
-(B, 4A, H, W, channel a*4+k) are flattened with ``permute(0, 2, 3, 1)`` to (H, W, A) order, the order
-of ``AnchorGenerator.grid_anchors``. Loss, proposals and anchors all use ``flatten_level`` below.
+One layout everywhere: the objectness map (B, A, H, W) and the delta map (B, 4A, H, W, channel
+a*4+k) are flattened with ``permute(0, 2, 3, 1)`` to (H, W, A) order, the order of
+``AnchorGenerator.grid_anchors``; the loss and the proposals both go through ``flatten_level``, so
+every prediction is trained against, and decoded with, its own anchor (tests/test_anchors_layout.py
+plants a logit and a delta at one position and reads them back at that anchor).
 """
 from __future__ import annotations
 
@@ -42,7 +44,14 @@ def flatten_level(cls: Tensor, reg: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU, then 1x1 objectness (A, sigmoid) and 1x1 deltas (4A)."""
+    """mmdet's RPNHead: a 3x3 conv + ReLU shared by all levels, then 1x1 objectness (A logits, sigmoid)
+    and 1x1 deltas (4A) per position, A = len(anchor_scales) * len(anchor_ratios).
+
+    Call (:meth:`forward`): the FPN maps P2..P6, (B, C, H_l, W_l) each, the images' sizes and padded
+    sizes, and in training the GT boxes -> per image (K_i, 5) proposals [x1, y1, x2, y2, score]
+    (detached, K_i <= max_per_img), the losses and the statistics. :meth:`maps` gives the raw
+    per-level outputs (B, A, H_l, W_l) and (B, 4A, H_l, W_l).
+    """
 
     def __init__(self, channels: int, cfg: RPNConfig, loss_cfg: LossConfig, choice: Optional[ChoiceFn] = None):
         super().__init__()

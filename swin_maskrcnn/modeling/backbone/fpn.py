@@ -13,6 +13,9 @@ from ..layers import ConvWrap
 
 
 class FPN(nn.Module):
+    """Input: the 4 backbone maps (B, in_channels[i], H/4/2^i, W/4/2^i). Output: 5 maps P2..P6 with
+    ``out_channels`` each, strides 4, 8, 16, 32, 64 (P6 by subsampling P5)."""
+
     def __init__(self, in_channels: list[int], out_channels: int = 256) -> None:
         super().__init__()
         self.lateral_convs = nn.ModuleList([ConvWrap(c, out_channels, 1) for c in in_channels])

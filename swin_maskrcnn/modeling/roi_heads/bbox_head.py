@@ -17,6 +17,13 @@ from ..losses import box_regression_loss, sigmoid_focal, softmax_ce
 
 
 class BBoxHead(nn.Module):
+    """Two shared FCs + ReLU, then class logits and class-specific deltas.
+
+    Input: RoI features (K, C, S, S), S = ``roi_size`` (7). Output: ``cls_score`` (K, C_fg + 1), column
+    C_fg = background, and ``bbox_pred`` (K, 4 * C_fg), the (dx, dy, dw, dh) of class c in columns
+    4c..4c+3, normalised by stds (0.1, 0.1, 0.2, 0.2).
+    """
+
     def __init__(self, in_channels: int, roi_size: int, fc_dims: int, num_classes: int, loss_cfg: LossConfig):
         super().__init__()
         self.num_classes = num_classes

@@ -1,8 +1,10 @@
-"""Mask head (mmdet FCNMaskHead): 28x28 class-specific mask logits, targets and loss (pasting: ``..postprocess``).
+"""Mask head (mmdet FCNMaskHead): M x M class-specific mask logits (M = mask_size, mmdet's 28),
+targets and loss (pasting: ``..postprocess``).
 
 4 x (3x3 conv + ReLU) -> 2x2 stride-2 transposed conv + ReLU -> 1x1 conv to one channel per
-foreground class. Targets are the GT masks RoIAligned (aligned=True, output 28, scale 1) onto the
-positive proposals and binarised at 0.5; the loss is the mean pixel BCE over all positive RoIs.
+foreground class. Targets are the GT masks RoIAligned (aligned=True, output M, scale 1) onto the
+positive proposals and binarised at 0.5; the loss is the mean pixel BCE over all positive RoIs
+(a mean, so its scale does not grow with M * M).
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from ..postprocess import paste_masks  # noqa: F401  (moved to postprocess; roi_
 
 
 class MaskHead(nn.Module):
+    """mmdet's FCNMaskHead. Input: mask RoI features (K, C, M/2, M/2). Output: mask logits
+    (K, num_classes, M, M), one channel per foreground class (M = ``RoIConfig.mask_size``, 28)."""
+
     def __init__(self, in_channels: int, channels: int, num_classes: int, loss_cfg: LossConfig, num_convs: int = 4):
         super().__init__()
         self.num_classes = num_classes
@@ -33,7 +38,7 @@ class MaskHead(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, roi_feats: Tensor) -> Tensor:
-        """(K, C, 14, 14) -> (K, num_classes, 28, 28) logits."""
+        """(K, C, M/2, M/2) -> (K, num_classes, M, M) logits (the transposed conv doubles the side)."""
         x = roi_feats
         for conv in self.convs:
             x = conv(x)
