@@ -22,7 +22,7 @@ from swin_maskrcnn.apps.cli import main
 from swin_maskrcnn.apps.visualize import PALETTE, draw_detections
 from swin_maskrcnn.checkpoint.native import save_checkpoint
 from swin_maskrcnn.data.images import load_rgb_image
-from swin_maskrcnn.modeling.config import ModelConfig, tiny_model_config
+from swin_maskrcnn.modeling.config import tiny_model_config
 
 from conftest import FIXTURES
 from test_training import make_tiny_coco, tiny_train_config
