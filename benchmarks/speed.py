@@ -171,6 +171,8 @@ def train_fn(model, loss_call: Callable[[], dict], opt, dtype: str, device: str)
         model.train()
         with autocast(dtype, device):
             losses = loss_call()
+        # ours and torchvision return only losses; mmdet's loss dict also holds "acc" (its parse_losses
+        # sums the keys containing "loss" likewise)
         total = sum(v.float() for k, v in losses.items() if k.startswith("loss"))
         opt.zero_grad(set_to_none=True)
         total.backward()

@@ -138,7 +138,7 @@ class OnnxDetector(nn.Module):
 
         # RPN: per level top nms_pre, decode, clip, drop empty boxes, NMS per level, top max_per_img.
         rpn = m.rpn_head
-        cls, reg = rpn.maps(feats) if hasattr(rpn, "maps") else rpn(feats)  # stage API, or the older forward
+        cls, reg = rpn.maps(feats)
         anchors = rpn.anchors(feats)
         scores_l, deltas_l, anchors_l, levels_l = [], [], [], []
         for lvl, (c, r, a) in enumerate(zip(cls, reg, anchors)):

@@ -18,7 +18,7 @@ from .config import ModelConfig
 from .backbone.fpn import FPN
 from .loss_weighting import LearnedLossWeights
 from .preprocess import ImageBatch, ImageLike, normalize_and_pad, resize_keep_ratio, to_chw_255
-from .roi_heads.mask_head import paste_masks
+from .postprocess import postprocess_detections
 from .roi_heads.roi_head import RoIHead
 from .rpn import RPNHead
 from .sampler import ChoiceFn
@@ -121,13 +121,11 @@ class SwinMaskRCNN(nn.Module):
         out_sizes = list(image_sizes) if original_sizes is None else [(int(h), int(w)) for h, w in original_sizes]
         if len(out_sizes) != len(image_sizes):
             raise ValueError(f"{len(out_sizes)} original sizes for {len(image_sizes)} images")
-        results = []
-        for det, (ih, iw), (oh, ow) in zip(detections, image_sizes, out_sizes):
-            scale = det["boxes"].new_tensor([iw / ow, ih / oh, iw / ow, ih / oh])
-            boxes = det["boxes"] / scale
-            masks = paste_masks(det["mask_probs"], boxes, oh, ow, self.cfg.roi.mask_thr)
-            results.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"], "masks": masks})
-        return results
+        thr = self.cfg.roi.mask_thr
+        return [
+            postprocess_detections(d["boxes"], d["scores"], d["labels"], d["mask_probs"], in_hw, out_hw, thr)
+            for d, in_hw, out_hw in zip(detections, image_sizes, out_sizes)
+        ]
 
     @staticmethod
     def _inputs(images: Sequence[ImageLike]) -> list[Tensor]:

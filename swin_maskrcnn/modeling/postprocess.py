@@ -100,15 +100,13 @@ def postprocess_detections(
     boxes: Tensor,
     scores: Tensor,
     labels: Tensor,
-    mask_logits: Tensor,
+    mask_probs: Tensor,
     input_hw: tuple[int, int],
     output_hw: tuple[int, int],
     mask_thr: float,
 ) -> dict[str, Tensor]:
     """One image's detections in network-input pixels -> ``output_hw``: boxes rescaled, each
-    detection's class-specific mask logits (K, C, M, M) -> sigmoid -> pasted and thresholded."""
-    k = boxes.shape[0]
-    probs = mask_logits[torch.arange(k, device=labels.device), labels].sigmoid()
+    detection's mask probabilities of its class (K, M, M) pasted and thresholded."""
     out_boxes = rescale_boxes(boxes, input_hw, output_hw)
-    masks = paste_masks(probs, out_boxes, output_hw[0], output_hw[1], mask_thr)
+    masks = paste_masks(mask_probs, out_boxes, output_hw[0], output_hw[1], mask_thr)
     return {"boxes": out_boxes, "scores": scores, "labels": labels, "masks": masks}

@@ -16,7 +16,6 @@ from torchvision.ops import roi_align
 from ..config import LossConfig
 from ..layers import ConvWrap
 from ..losses import sigmoid_bce
-from ..postprocess import paste_masks  # noqa: F401  (moved to postprocess; roi_head still imports it from here)
 
 
 class MaskHead(nn.Module):
