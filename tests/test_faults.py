@@ -185,7 +185,14 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_weights(tiny_data, tmp_pat
     --resume .../last.ckpt, ends with the weights of an uninterrupted run."""
     ann, imgs = tiny_data
     steps, every = 12, 4
-    reference = train(fast_config(ann, imgs, tmp_path, "reference", max_steps=steps, checkpoint_every_n_steps=every))
+    # the subprocesses run 1 thread (OMP_NUM_THREADS=1): the reference must too, since float sums split
+    # over another thread count differ in the last bits and 12 steps of training amplify that
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = train(fast_config(ann, imgs, tmp_path, "reference", max_steps=steps, checkpoint_every_n_steps=every))
+    finally:
+        torch.set_num_threads(threads)
     cfg = fast_config(ann, imgs, tmp_path, "killed", max_steps=steps, checkpoint_every_n_steps=every)
     yaml_path = save_config(cfg, tmp_path / "killed.yaml")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -195,9 +202,12 @@ def test_sigkill_mid_run_resumes_to_the_uninterrupted_weights(tiny_data, tmp_pat
     proc = subprocess.Popen(_cli() + ["train", "--config", str(yaml_path)], stdout=log1, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.time() + 240
-        while not first.exists() and proc.poll() is None and time.time() < deadline:
+        # Lightning writes the periodic checkpoint, then last.ckpt: kill once both are complete on disk
+        # (each appears only by an atomic rename)
+        last = run / "checkpoints" / "last.ckpt"
+        while not (first.exists() and last.exists()) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
-        assert first.exists(), (tmp_path / "killed.log").read_text()[-3000:]
+        assert first.exists() and last.exists(), (tmp_path / "killed.log").read_text()[-3000:]
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=60) == -signal.SIGKILL
     finally:
