@@ -38,7 +38,15 @@ subject and case with ``torch.utils.flop_counter.FlopCounterMode`` during the wa
 achieved GFLOP/s = FLOPs / busy time, shown against the machine's matrix-multiply peak measured
 at start-up the same way (best of 5 square matmuls, per dtype and thread count); busy time is the
 process CPU time per thread on a CPU (wall time would count the time other jobs held the cores)
-and the wall time on a GPU.
+and the wall time on a GPU. "first call s" is the wall time of the excluded warm-up run (with the
+FLOP count; under ``--compile`` also the compilation, so time that with ``--no-flops``).
+
+Allocator: ``--malloc system`` (default) runs both processes with glibc's malloc defaults, which
+unmap every freed block above 32 MiB, so each large tensor costs fresh, kernel-zeroed pages;
+``--malloc keep`` applies :func:`swin_maskrcnn.runtime.keep_freed_memory` (what the
+``swin-maskrcnn`` CLI and ``train()`` do) in BOTH processes, so the ratio stays a comparison of
+the implementations. Peak-memory figures under ``keep`` are not comparable (the retained heap
+counts before the call).
 """
 from __future__ import annotations
 
@@ -171,9 +179,10 @@ def train_fn(model, loss_call: Callable[[], dict], opt, dtype: str, device: str)
         model.train()
         with autocast(dtype, device):
             losses = loss_call()
-        # ours and torchvision return only losses; mmdet's loss dict also holds "acc" (its parse_losses
-        # sums the keys containing "loss" likewise)
-        total = sum(v.float() for k, v in losses.items() if k.startswith("loss"))
+        # ours and torchvision return only losses; mmdet's loss dict also holds "acc", and its RPN
+        # losses are per-level lists (summed of their means here, as mmdet's parse_losses does)
+        total = sum(sum(x.float().mean() for x in v) if isinstance(v, (list, tuple)) else v.float()
+                    for k, v in losses.items() if k.startswith("loss"))
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
@@ -287,9 +296,9 @@ class MmdetWorker:
 class RemoteSubject:
     """The mmdet worker process, driven line by line over its stdin/stdout."""
 
-    def __init__(self, python: str, ckpt: Path, scenes_npz: Path, device: str, threads: int) -> None:
+    def __init__(self, python: str, ckpt: Path, scenes_npz: Path, device: str, threads: int, malloc: str) -> None:
         cmd = [python, str(Path(__file__).resolve()), "--worker", "--ckpt", str(ckpt), "--scenes", str(scenes_npz),
-               "--device", device, "--threads", str(threads)]
+               "--device", device, "--threads", str(threads), "--malloc", malloc]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.ask(None)  # the worker's "ready" line (model built, checkpoint written or loaded)
 
@@ -312,8 +321,20 @@ class RemoteSubject:
         self.proc.wait(timeout=60)
 
 
+def apply_malloc(mode: str) -> None:
+    """``keep``: :func:`swin_maskrcnn.runtime.keep_freed_memory` in this process (glibc malloc keeps
+    freed memory for reuse); ``system``: glibc's defaults. Both processes get the same mode."""
+    if mode == "keep":
+        sys.path.insert(0, str(REPO))
+        from swin_maskrcnn.runtime import keep_freed_memory  # plain ctypes; imports no torch model code
+
+        if not keep_freed_memory():
+            raise SystemExit("--malloc keep: not applicable here (not glibc, or SWIN_MASKRCNN_SYSTEM_MALLOC is set)")
+
+
 def worker_main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    apply_malloc(args.malloc)
     torch.set_num_threads(args.threads[0])
     w = MmdetWorker(Path(args.ckpt), Path(args.scenes), args.device)
     print(json.dumps({"ready": True}), flush=True)
@@ -427,8 +448,8 @@ def fmt_mem(b: Optional[int]) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| case | dtype | threads | subject | median s | ours / subject | CPU s | ours / subject (CPU) "
-            "| peak mem (above models) | GFLOP | GFLOP/s | % of matmul peak | dets |")
-    lines = [head, "|" + "---|" * 13]
+            "| peak mem (above models) | GFLOP | GFLOP/s | % of matmul peak | dets | first call s |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         cratio = "" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.2f}"
@@ -438,7 +459,8 @@ def table(rows: list[dict]) -> str:
         pct = "-" if r.get("flops") is None else f"{100 * r['flops'] / 1e9 / busy / r['peak_gflops']:.0f}"
         lines.append(f"| {r['case']} | {r['dtype']} | {r['threads']} | {r['subject']} | {r['median']:.3f} | {ratio} "
                      f"| {r['cpu']:.3f} | {cratio} "
-                     f"| {fmt_mem(r['peak'])} | {gf} | {gfs} | {pct} | {'' if r.get('dets') is None else r['dets']} |")
+                     f"| {fmt_mem(r['peak'])} | {gf} | {gfs} | {pct} | {'' if r.get('dets') is None else r['dets']} "
+                     f"| {r.get('warmup_s', float('nan')):.1f} |")
     return "\n".join(lines)
 
 
@@ -454,6 +476,9 @@ def main() -> None:
     ap.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                     help="torch.compile our backbone with this mode (compile time is reported)")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP counts")
+    ap.add_argument("--malloc", default="system", choices=["system", "keep"],
+                    help="glibc malloc in BOTH processes: its defaults, or swin_maskrcnn.runtime.keep_freed_memory "
+                    "(what the swin-maskrcnn CLI and train() use; peak-memory figures are then not comparable)")
     ap.add_argument("--repo", type=Path, default=REPO,
                     help="import swin_maskrcnn from this source tree (e.g. a checkout of an older commit)")
     ap.add_argument("--mmdet-python", default="/work/.mmdet-venv/bin/python")
@@ -465,6 +490,7 @@ def main() -> None:
     if args.worker:
         return worker_main(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    apply_malloc(args.malloc)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:
@@ -480,7 +506,7 @@ def main() -> None:
     remote = None
     if need_mmdet:
         log.info("starting the mmdet worker (%s)", args.mmdet_python)
-        remote = RemoteSubject(args.mmdet_python, ckpt, scenes_npz, args.device, args.threads[0])
+        remote = RemoteSubject(args.mmdet_python, ckpt, scenes_npz, args.device, args.threads[0], args.malloc)
     t0 = time.perf_counter()
     local = LocalSubjects(ckpt, scenes, args.device, args.compile, args.repo)
     log.info("local subjects built in %.1f s", time.perf_counter() - t0)
@@ -545,7 +571,7 @@ def main() -> None:
                     speedups.append(f"{r['case']} {r['threads']}t {r['subject']}: bf16 {q[key] / r[key]:.2f}x faster than fp32 "
                                     f"({'wall' if key == 'median' else 'CPU'} time)")
     text = (f"{hw}\nmatmul peak GFLOP/s: " + ", ".join(f"{d} {t}t {v:.0f}" for (d, t), v in peaks.items())
-            + f"\nmedians of {args.reps} alternating repetitions after 1 warm-up; device {args.device}"
+            + f"\nmedians of {args.reps} alternating repetitions after 1 warm-up; device {args.device}; malloc {args.malloc}"
             + (f"; ours compiled ({args.compile})" if args.compile else "") + "\n\n" + table(rows)
             + ("\n\n" + "\n".join(speedups) if speedups else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -158,3 +158,20 @@ def test_patch_merging_equals_unfold(H: int, W: int) -> None:
     got, hw = m(x, (H, W))
     assert hw == ((H + 1) // 2, (W + 1) // 2)
     assert torch.equal(got, ref_patch_merging(m, x, (H, W)))
+
+
+def test_attention_path_fused_sdpa_without_autograd_explicit_with_autograd_on_cpu(monkeypatch) -> None:
+    """The fused CPU kernel has no gradient for the learned bias, so with autograd SDPA would fall
+    back to its slower math path: the explicit ops are used instead (same function, see the tests above)."""
+    import swin_maskrcnn.modeling.backbone.swin as swin
+
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(swin.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = ShiftWindowMSA(12, 3, 3, 1)
+    x = torch.randn(1, 36, 12)
+    with torch.no_grad():
+        m(x, (6, 6))
+    assert calls == [1]
+    m(x, (6, 6)).sum().backward()
+    assert calls == [1]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..io_utils import OutputWriteError, json_ready
+from ..runtime import keep_freed_memory
 from . import demo, export, predict
 from ..modeling.config import COMPILE_MODES
 from ..training.config import ConfigError
@@ -203,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="logging level of the library and Lightning (DEBUG also logs the traceback of an error)")
     parser.add_argument("--debug", action="store_true",
                         help="let errors in the input (config, data, checkpoint) raise with their Python traceback")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc malloc's defaults (by default freed memory is kept for reuse, which avoids "
+                        "page faults on every large tensor; see swin_maskrcnn.runtime)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_evaluate(sub)
@@ -220,6 +224,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.system_malloc:
+        keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except (OutputWriteError, NonFiniteTrainingError) as e:  # disk full / diverged: the message says it all

@@ -57,6 +57,7 @@ from ..checkpoint.mmdet import load_state_dict_strict
 from ..checkpoint.imagenet import load_imagenet_backbone
 from ..modeling.detector import SwinMaskRCNN
 from ..modeling.acceleration import compile_dense
+from ..runtime import keep_freed_memory
 from .monitoring import CollapseDetector, ProbeMonitor
 from .preflight import check_hardware, check_resume
 from .config import ConfigError, TrainConfig, check_num_classes, dump_config, save_config
@@ -529,6 +530,8 @@ def train(
 def _train(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
            extra_callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     L.seed_everything(cfg.runtime.seed, workers=True, verbose=False)
+    if cfg.runtime.keep_freed_memory:
+        keep_freed_memory()  # before the first large tensor: reuse freed memory, no page faults per step
     check_hardware(cfg)  # start-up checks: before reading data, before writing anything
     train_ds, val_ds = build_datasets(cfg)
     check_resume(None if resume is None else str(resume), cfg, train_ds)

@@ -1,15 +1,35 @@
 """Feature Pyramid Network as in mmdet's Swin Mask R-CNN config.
 
 1x1 laterals and 3x3 outputs (bias, no norm, no activation), top-down nearest upsampling to the
-lateral's size, and P6 = max_pool(P5, kernel 1, stride 2) (``add_extra_convs=False``).
+lateral's size (added in place through a broadcast view when the size is exactly twice the coarser
+map's, as it is for inputs padded to 32: the upsampled map is never materialised), and P6 = max_pool(P5, kernel 1, stride 2) (``add_extra_convs=False``).
 Module names match mmdet's state_dict (``lateral_convs.{i}.conv``, ``fpn_convs.{i}.conv``).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ConvWrap
+
+
+def add_upsampled(fine: Tensor, coarse: Tensor) -> Tensor:
+    """``fine + F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")``.
+
+    When ``fine`` is exactly twice ``coarse`` per side, nearest upsampling repeats each coarse pixel
+    in a 2 x 2 block, so the sum is a broadcast add on a ``(N, C, h, 2, w, 2)`` view of ``fine``,
+    done in place (``fine`` is a fresh lateral output that nothing else holds; its autograd
+    gradient is unaffected). Other sizes take the interpolate path.
+    """
+    n, c, h, w = coarse.shape
+    # (not while tracing: the TorchScript-based ONNX exporter does not carry an in-place write
+    # through a view over to later uses of the base tensor)
+    exact_2x = fine.shape[-2:] == (2 * h, 2 * w) and fine.is_contiguous() and fine.dtype == coarse.dtype
+    if exact_2x and not torch.jit.is_tracing():
+        fine.view(n, c, h, 2, w, 2).add_(coarse[:, :, :, None, :, None])
+        return fine
+    return fine + F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
 
 
 class FPN(nn.Module):
@@ -29,7 +49,7 @@ class FPN(nn.Module):
         """4 backbone maps (strides 4..32) -> 5 maps P2..P6 with ``out_channels`` each."""
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = add_upsampled(laterals[i - 1], laterals[i])
         outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)]
         outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
         return outs

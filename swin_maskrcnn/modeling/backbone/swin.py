@@ -168,7 +168,10 @@ class WindowMSA(nn.Module):
     """Multi-head self-attention inside each window, with a learned relative position bias.
 
     ``use_sdpa`` selects ``F.scaled_dot_product_attention`` (default) or the explicit
-    ``softmax(q k^T * scale + bias + mask) v``; both compute the same function.
+    ``softmax(q k^T * scale + bias + mask) v``; both compute the same function. On a CPU with
+    autograd on, the explicit form is used anyway: the fused CPU kernel has no gradient for the
+    (learned) bias, so SDPA would take its math path, which adds a fully-masked-row check per call
+    and is ~10 % slower per block than the explicit ops (``docs/performance.md``).
     """
 
     def __init__(self, embed_dims: int, num_heads: int, window_size: int, use_sdpa: bool = True) -> None:
@@ -207,7 +210,7 @@ class WindowMSA(nn.Module):
             if BW != nW:  # windows are batch-major: repeat the per-window bias for each image
                 attn_bias = attn_bias.repeat(BW // nW, 1, 1, 1)
         attn_bias = attn_bias.to(q.dtype)
-        if self.use_sdpa:
+        if self.use_sdpa and not (torch.is_grad_enabled() and x.device.type == "cpu"):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1) + attn_bias

@@ -8,6 +8,8 @@ positive proposals and binarised at 0.5; the loss is the mean pixel BCE over all
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,12 +38,24 @@ class MaskHead(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def forward(self, roi_feats: Tensor) -> Tensor:
-        """(K, C, M/2, M/2) -> (K, num_classes, M, M) logits (the transposed conv doubles the side)."""
+    def forward(self, roi_feats: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        """(K, C, M/2, M/2) -> (K, num_classes, M, M) logits (the transposed conv doubles the side),
+        or with ``labels`` (K,) only each RoI's labelled channel, (K, M, M).
+
+        Training and inference only ever read the labelled channel, so with ``labels`` the last 1x1
+        conv is one dot product per pixel instead of ``num_classes`` (a batched matmul with each
+        RoI's row of the conv weight): the same function, 1/num_classes of that layer's work.
+        """
         x = roi_feats
         for conv in self.convs:
             x = conv(x)
-        return self.conv_logits(F.relu(self.upsample(x)))
+        x = F.relu(self.upsample(x))
+        if labels is None:
+            return self.conv_logits(x)
+        k, c, m, _ = x.shape
+        w = self.conv_logits.weight[labels, :, 0, 0].to(x.dtype)  # K, C
+        b = self.conv_logits.bias[labels].to(x.dtype)  # K
+        return torch.baddbmm(b.view(k, 1, 1), w.view(k, 1, c), x.reshape(k, c, m * m)).view(k, m, m)
 
     @staticmethod
     def targets(pos_boxes: Tensor, gt_masks: Tensor, assigned_gt: Tensor, size: int) -> Tensor:
@@ -54,10 +68,16 @@ class MaskHead(nn.Module):
         return (out[:, 0] >= 0.5).float()
 
     def loss(self, mask_logits: Tensor, targets: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """Weighted ``loss_mask``: mean BCE over the pixels of every positive RoI's GT-class channel."""
+        """Weighted ``loss_mask``: mean BCE over the pixels of every positive RoI's GT-class channel.
+
+        ``mask_logits``: all channels (K, num_classes, M, M), or the GT-class channel already
+        selected (K, M, M), as ``forward(roi_feats, labels)`` returns it."""
         lc = self.loss_cfg
         if mask_logits.shape[0] == 0:
             return {"loss_mask": mask_logits.sum() * 0}
-        pred = mask_logits[torch.arange(mask_logits.shape[0], device=labels.device), labels]
+        if mask_logits.dim() == 3:
+            pred = mask_logits
+        else:
+            pred = mask_logits[torch.arange(mask_logits.shape[0], device=labels.device), labels]
         loss = sigmoid_bce(pred, targets, None, "mean", None, lc.eps)
         return {"loss_mask": loss * lc.roi_loss_mask_weight}

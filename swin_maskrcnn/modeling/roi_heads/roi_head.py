@@ -174,12 +174,10 @@ class RoIHead(nn.Module):
             torch.cat([t.label_weights for t in per_image]),
             torch.cat([t.bbox_targets for t in per_image]),
         )
-        mask_logits = self.mask_head(self.mask_roi_extractor(feats, boxes_to_rois([t.pos_boxes for t in per_image])))
-        losses.update(
-            self.mask_head.loss(
-                mask_logits, torch.cat([t.mask_targets for t in per_image]), torch.cat([t.pos_labels for t in per_image])
-            )
-        )
+        pos_labels = torch.cat([t.pos_labels for t in per_image])
+        mask_rois = boxes_to_rois([t.pos_boxes for t in per_image])
+        mask_logits = self.mask_head(self.mask_roi_extractor(feats, mask_rois), pos_labels)  # GT-class channel only
+        losses.update(self.mask_head.loss(mask_logits, torch.cat([t.mask_targets for t in per_image]), pos_labels))
         stats["roi_num_pos"] = torch.tensor(float(sum(t.num_pos for t in per_image)))
         stats["roi_num_neg"] = torch.tensor(float(sum(t.num_neg for t in per_image)))
         return losses, stats
@@ -204,8 +202,8 @@ class RoIHead(nn.Module):
                 r, cs, bp, image_sizes[img], cfg.score_thr, cfg.nms_iou, cfg.max_per_img
             )
             dets.append({"boxes": boxes, "scores": scores, "labels": labels})
-        mask_logits = self.mask_head(self.mask_roi_extractor(feats, boxes_to_rois([d["boxes"] for d in dets])))
+        mask_feats = self.mask_roi_extractor(feats, boxes_to_rois([d["boxes"] for d in dets]))
+        mask_logits = self.mask_head(mask_feats, torch.cat([d["labels"] for d in dets]))  # each detection's class only
         for det, logits in zip(dets, mask_logits.split([d["boxes"].shape[0] for d in dets])):
-            k = logits.shape[0]
-            det["mask_probs"] = logits[torch.arange(k, device=logits.device), det["labels"]].sigmoid()
+            det["mask_probs"] = logits.sigmoid()
         return dets
