@@ -284,7 +284,11 @@ class MmdetWorker:
                 break
             torch.set_num_threads(req.get("threads", torch.get_num_threads()))
             if cmd == "prepare":
-                res = self.prepare(req["case"], req["dtype"], req["flops"])
+                try:
+                    res = self.prepare(req["case"], req["dtype"], req["flops"])
+                except Exception as e:  # noqa: BLE001 - e.g. an op without a bf16 kernel: reported, not fatal
+                    self.fn = None
+                    res = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
             elif cmd == "run":
                 t, cpu, peak = timed(self.fn, self.device)
                 res = {"time": t, "cpu": cpu, "peak": peak}
@@ -324,6 +328,11 @@ class RemoteSubject:
 def apply_malloc(mode: str) -> None:
     """``keep``: :func:`swin_maskrcnn.runtime.keep_freed_memory` in this process (glibc malloc keeps
     freed memory for reuse); ``system``: glibc's defaults. Both processes get the same mode."""
+    if mode == "mmap":  # every block above 128 KiB is its own mapping: RSS follows the live tensors
+        import ctypes
+
+        if ctypes.CDLL(None).mallopt(-3, 128 * 1024) != 1:  # M_MMAP_THRESHOLD
+            raise SystemExit("--malloc mmap needs glibc")
     if mode == "keep":
         sys.path.insert(0, str(REPO))
         from swin_maskrcnn.runtime import keep_freed_memory  # plain ctypes; imports no torch model code
@@ -451,6 +460,10 @@ def table(rows: list[dict]) -> str:
             "| peak mem (above models) | GFLOP | GFLOP/s | % of matmul peak | dets | first call s |")
     lines = [head, "|" + "---|" * 14]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['case']} | {r['dtype']} | {r['threads']} | {r['subject']} | cannot run: {r['error']} |"
+                         + " |" * 9)
+            continue
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         cratio = "" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.2f}"
         gf = "-" if r.get("flops") is None else f"{r['flops'] / 1e9:.0f}"
@@ -476,9 +489,11 @@ def main() -> None:
     ap.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                     help="torch.compile our backbone with this mode (compile time is reported)")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP counts")
-    ap.add_argument("--malloc", default="system", choices=["system", "keep"],
+    ap.add_argument("--malloc", default="system", choices=["system", "keep", "mmap"],
                     help="glibc malloc in BOTH processes: its defaults, or swin_maskrcnn.runtime.keep_freed_memory "
-                    "(what the swin-maskrcnn CLI and train() use; peak-memory figures are then not comparable)")
+                    "(what the swin-maskrcnn CLI and train() use; peak-memory figures are then not comparable), "
+                    "or mmap: every block above 128 KiB mapped on its own, so that the peak-RSS column measures "
+                    "the live tensors (use this run for memory, not for time)")
     ap.add_argument("--repo", type=Path, default=REPO,
                     help="import swin_maskrcnn from this source tree (e.g. a checkout of an older commit)")
     ap.add_argument("--mmdet-python", default="/work/.mmdet-venv/bin/python")
@@ -528,10 +543,23 @@ def main() -> None:
                             info[s].update(remote.ask({"cmd": "prepare", "case": case, "dtype": dtype,
                                                        "threads": threads, "flops": not args.no_flops}))
                         else:
-                            fns[s] = local.prepare(s, case, dtype)
-                            out, info[s]["flops"] = warm_up(fns[s], not args.no_flops)  # (and compilation)
-                            info[s]["dets"] = n_dets(out) if case.startswith("infer") else None
+                            try:
+                                fns[s] = local.prepare(s, case, dtype)
+                                out, info[s]["flops"] = warm_up(fns[s], not args.no_flops)  # (and compilation)
+                                info[s]["dets"] = n_dets(out) if case.startswith("infer") else None
+                            except Exception as e:  # noqa: BLE001 - reported in the table, the others still run
+                                fns.pop(s, None)
+                                info[s]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
                         info[s]["warmup_s"] = time.perf_counter() - t1
+                        if "error" in info[s]:
+                            log.warning("%s %s %s: cannot run: %s", case, dtype, s, info[s]["error"])
+                    failed = [s for s in subjects if "error" in info[s]]
+                    for s in failed:
+                        rows.append(dict(case=case, dtype=dtype, threads=threads, subject=s, device=args.device,
+                                         error=info[s]["error"]))
+                    subjects = [s for s in subjects if s not in failed]
+                    if not subjects:
+                        continue
                     times: dict[str, list[float]] = {s: [] for s in subjects}
                     cpus: dict[str, list[float]] = {s: [] for s in subjects}
                     mems: dict[str, list[int]] = {s: [] for s in subjects}
@@ -558,15 +586,16 @@ def main() -> None:
                                          peak=max(mems[s]) if mems[s] else None, peak_gflops=peaks[(dtype, threads)],
                                          **info[s]))
                     print(table(rows[-len(subjects):]), flush=True)
+                    write_json(args, hw, peaks, rows)  # after every case: a later failure keeps what was measured
     finally:
         if remote is not None:
             remote.close()
     # bf16 speed-up of each subject (fp32 median / bf16 median)
     speedups = []
     for r in rows:
-        if r["dtype"] == "bf16":
+        if r["dtype"] == "bf16" and "error" not in r:
             for q in rows:
-                if q["dtype"] == "fp32" and (q["case"], q["threads"], q["subject"]) == (r["case"], r["threads"], r["subject"]):
+                if q["dtype"] == "fp32" and "error" not in q and (q["case"], q["threads"], q["subject"]) == (r["case"], r["threads"], r["subject"]):
                     key = "median" if args.device == "cuda" else "cpu"
                     speedups.append(f"{r['case']} {r['threads']}t {r['subject']}: bf16 {q[key] / r[key]:.2f}x faster than fp32 "
                                     f"({'wall' if key == 'median' else 'CPU'} time)")
@@ -574,10 +603,16 @@ def main() -> None:
             + f"\nmedians of {args.reps} alternating repetitions after 1 warm-up; device {args.device}; malloc {args.malloc}"
             + (f"; ours compiled ({args.compile})" if args.compile else "") + "\n\n" + table(rows)
             + ("\n\n" + "\n".join(speedups) if speedups else ""))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"hardware": hw, "matmul_peak_gflops": {f"{d}/{t}": v for (d, t), v in peaks.items()},
-                                    "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    write_json(args, hw, peaks, rows)
     print("\n" + text)
+
+
+def write_json(args: argparse.Namespace, hw: str, peaks: dict, rows: list[dict]) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"hardware": hw, "matmul_peak_gflops": {f"{d}/{t}": v for (d, t), v in peaks.items()},
+                               "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+    os.replace(tmp, args.out)
 
 
 if __name__ == "__main__":
