@@ -1,4 +1,4 @@
-"""Fast paths in the FPN and the mask head against the straightforward versions they replace.
+"""Fast paths in the FPN (inference) and the mask head against the straightforward versions they replace.
 
 * ``add_upsampled`` (in-place broadcast add on a 2 x 2 block view) against
   ``fine + F.interpolate(coarse, mode="nearest")``: values and gradients, and the fallback for sizes
@@ -32,15 +32,19 @@ def test_add_upsampled_equals_interpolate_in_values_and_gradients(coarse_hw, fin
     fine.grad = coarse.grad = None
     got = add_upsampled(fine * 1.0, coarse * 1.0)  # "* 1.0": a fresh tensor, as a lateral conv output is
     (got * w).sum().backward()
-    assert torch.equal(got, ref)  # each output pixel is one addition either way
+    assert torch.equal(got, ref)
     torch.testing.assert_close(fine.grad, ref_grads[0], rtol=0, atol=0)
-    torch.testing.assert_close(coarse.grad, ref_grads[1], rtol=1e-6, atol=1e-6)  # a sum of 4, in another order
+    torch.testing.assert_close(coarse.grad, ref_grads[1], rtol=0, atol=0)
+    with torch.no_grad():  # the in-place path (exact 2x sizes): each output pixel is one addition either way
+        assert torch.equal(add_upsampled(fine * 1.0, coarse), ref)
 
 
 def test_add_upsampled_writes_into_fine_only_on_the_exact_2x_path() -> None:
     fine, coarse = torch.zeros(1, 1, 4, 6), torch.arange(6.0).view(1, 1, 2, 3)
     out = add_upsampled(fine, coarse)
-    assert out.data_ptr() == fine.data_ptr()
+    assert out.data_ptr() == fine.data_ptr()  # in place: no upsampled map, no new output
+    with_grad = add_upsampled(torch.zeros(1, 1, 4, 6), coarse.clone().requires_grad_())
+    assert torch.equal(with_grad, out) and with_grad.grad_fn is not None  # autograd: the interpolate path
     assert out[0, 0].tolist() == [[0, 0, 1, 1, 2, 2]] * 2 + [[3, 3, 4, 4, 5, 5]] * 2
     odd = torch.zeros(1, 1, 3, 6)
     assert add_upsampled(odd, coarse).data_ptr() != odd.data_ptr() and odd.abs().sum() == 0
@@ -50,11 +54,12 @@ def test_fpn_equals_its_interpolate_form() -> None:
     torch.manual_seed(0)
     fpn = FPN([8, 16, 32, 64], 16)
     feats = [torch.randn(1, c, 40 // 2**i, 48 // 2**i) for i, c in enumerate([8, 16, 32, 64])]
-    laterals = [conv(f) for conv, f in zip(fpn.lateral_convs, feats)]
-    for i in range(3, 0, -1):
-        laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
-    ref = [conv(x) for conv, x in zip(fpn.fpn_convs, laterals)]
-    got = fpn(feats)
+    with torch.no_grad():  # inference: the in-place top-down adds
+        laterals = [conv(f) for conv, f in zip(fpn.lateral_convs, feats)]
+        for i in range(3, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+        ref = [conv(x) for conv, x in zip(fpn.fpn_convs, laterals)]
+        got = fpn(feats)
     for a, b in zip(got[:4], ref):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(got[4], ref[3][:, :, ::2, ::2], rtol=0, atol=0)
