@@ -100,7 +100,7 @@ class RPNHead(nn.Module):
         """Per level: objectness logits (B, A, H, W) and deltas (B, 4A, H, W)."""
         cls, reg = [], []
         for f in feats:
-            x = F.relu(self.rpn_conv(f))
+            x = F.relu(self.rpn_conv(f), inplace=True)
             cls.append(self.rpn_cls(x))
             reg.append(self.rpn_reg(x))
         return cls, reg

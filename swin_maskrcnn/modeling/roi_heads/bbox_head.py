@@ -44,7 +44,7 @@ class BBoxHead(nn.Module):
         """(K, C, 7, 7) -> class logits (K, C+1) and deltas (K, 4C)."""
         x = roi_feats.flatten(1)
         for fc in self.shared_fcs:
-            x = F.relu(fc(x))
+            x = F.relu(fc(x), inplace=True)
         return self.fc_cls(x), self.fc_reg(x)
 
     def loss(

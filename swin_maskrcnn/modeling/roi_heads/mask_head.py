@@ -49,7 +49,7 @@ class MaskHead(nn.Module):
         x = roi_feats
         for conv in self.convs:
             x = conv(x)
-        x = F.relu(self.upsample(x))
+        x = F.relu(self.upsample(x), inplace=True)  # in place: the 28 x 28 maps are the head's largest tensor
         if labels is None:
             return self.conv_logits(x)
         k, c, m, _ = x.shape
