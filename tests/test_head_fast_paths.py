@@ -104,3 +104,22 @@ def test_mask_head_labelled_channel_with_no_roi() -> None:
     assert out.shape == (0, 14, 14)
     assert float(head.loss(out, torch.zeros(0, 14, 14), torch.zeros(0, dtype=torch.long))["loss_mask"]) == 0.0
 
+
+
+def test_mask_head_inference_in_chunks_equals_one_call() -> None:
+    import swin_maskrcnn.modeling.roi_heads.mask_head as mh
+
+    head = mask_head().eval()
+    feats = torch.randn(2 * mh.INFERENCE_CHUNK + 3, 8, 7, 7)
+    labels = torch.randint(0, 5, (feats.shape[0],))
+    with torch.no_grad():
+        chunked_full, chunked = head(feats), head(feats, labels)
+    calls = []
+    hook = head.upsample.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    with torch.no_grad():
+        head(feats, labels)
+    hook.remove()
+    assert calls == [mh.INFERENCE_CHUNK, mh.INFERENCE_CHUNK, 3]
+    whole_full = head(feats).detach()  # autograd on: one call
+    torch.testing.assert_close(chunked_full, whole_full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked, whole_full[torch.arange(feats.shape[0]), labels], rtol=1e-5, atol=1e-5)

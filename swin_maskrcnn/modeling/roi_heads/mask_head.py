@@ -20,6 +20,10 @@ from ..layers import ConvWrap
 from ..losses import sigmoid_bce
 
 
+#: RoIs per mask-head call at inference (see MaskHead.forward)
+INFERENCE_CHUNK = 25
+
+
 class MaskHead(nn.Module):
     """mmdet's FCNMaskHead. Input: mask RoI features (K, C, M/2, M/2). Output: mask logits
     (K, num_classes, M, M), one channel per foreground class (M = ``RoIConfig.mask_size``, 28)."""
@@ -46,6 +50,14 @@ class MaskHead(nn.Module):
         conv is one dot product per pixel instead of ``num_classes`` (a batched matmul with each
         RoI's row of the conv weight): the same function, 1/num_classes of that layer's work.
         """
+        chunk = not torch.is_grad_enabled() and not torch.jit.is_tracing()  # (an ONNX graph keeps K dynamic)
+        if chunk and roi_feats.shape[0] > INFERENCE_CHUNK:
+            # Inference in chunks of RoIs: oneDNN's layout copies around each conv and the
+            # transposed conv cost ~2.4 KiB per RoI per channel at once (243 MiB for 100 detections,
+            # the largest allocation of a whole inference); a chunk at a time keeps it to ~1/4.
+            chunks = roi_feats.split(INFERENCE_CHUNK)
+            label_chunks = [None] * len(chunks) if labels is None else labels.split(INFERENCE_CHUNK)
+            return torch.cat([self.forward(c, lc) for c, lc in zip(chunks, label_chunks)])
         x = roi_feats
         for conv in self.convs:
             x = conv(x)

@@ -28,7 +28,8 @@ def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
 class RoIExtractor:
     """Pools each RoI at its level. RoIs are sorted by level once (one host read of the per-level
     counts instead of one ``nonzero`` per level, which synchronises a GPU each time), each level's
-    contiguous slice goes through one ``roi_align`` call, and one index copy restores the input order."""
+    contiguous slice goes through one ``roi_align`` call whose result is copied into its rows of the
+    output (peak: the output plus one level's part)."""
 
     def __init__(self, output_size: int, strides: list[int], finest_scale: float = 56.0) -> None:
         self.output_size = output_size
@@ -45,18 +46,21 @@ class RoIExtractor:
         lvls = map_roi_levels(rois, n_lvls, self.finest_scale)
         order = torch.argsort(lvls, stable=True)
         counts = torch.bincount(lvls, minlength=n_lvls).tolist()  # the one host read
-        parts = []
-        keep_in_graph = []
-        for lvl, part in enumerate(rois.to(feats[0].dtype)[order].split(counts)):
+        # Each level's pooled features are written straight into their rows of the one output
+        # (mmdet's ``roi_feats[inds] = roi_feats_t``): no concatenated copy, no reordering copy.
+        out = feats[0].new_empty(rois.shape[0], feats[0].shape[1], self.output_size, self.output_size)
+        boxes = rois.to(feats[0].dtype)
+        unused = []
+        for lvl, idx in enumerate(order.split(counts)):
             if counts[lvl] == 0:
-                keep_in_graph.append(feats[lvl].sum() * 0)  # every level stays in the graph
+                unused.append(lvl)
                 continue
             pooled = roi_align(
-                feats[lvl], part, self.output_size, spatial_scale=1.0 / self.strides[lvl], sampling_ratio=0, aligned=True
+                feats[lvl], boxes[idx], self.output_size, spatial_scale=1.0 / self.strides[lvl], sampling_ratio=0,
+                aligned=True,
             )
-            parts.append(pooled.to(feats[0].dtype))
-        sorted_out = torch.cat(parts) if len(parts) > 1 else parts[0]
-        out = torch.empty_like(sorted_out).index_copy(0, order, sorted_out)
-        for zero in keep_in_graph:
-            out = out + zero
+            out.index_copy_(0, idx, pooled.to(out.dtype))
+        if unused and torch.is_grad_enabled() and any(feats[lvl].requires_grad for lvl in unused):
+            # every level stays in the graph (a zero contribution), as mmdet's extractor keeps it
+            out = out + sum(feats[lvl].sum() * 0 for lvl in unused)
         return out
