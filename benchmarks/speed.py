@@ -488,6 +488,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
                     help="torch.compile our backbone with this mode (compile time is reported)")
+    ap.add_argument("--freeze", action="store_true",
+                    help="with --compile: inductor's freezing (weights as constants, prepacked oneDNN kernels; "
+                    "inference only: torch._inductor.config.freezing = True for the whole process)")
     ap.add_argument("--no-flops", action="store_true", help="skip the FLOP counts")
     ap.add_argument("--malloc", default="system", choices=["system", "keep", "mmap"],
                     help="glibc malloc in BOTH processes: its defaults, or swin_maskrcnn.runtime.keep_freed_memory "
@@ -510,6 +513,12 @@ def main() -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
+    if args.freeze:
+        if not args.compile or "train2" in args.cases:
+            ap.error("--freeze needs --compile and inference cases only (frozen weights cannot train)")
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
     hw = hardware_line(args.device)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     scenes_npz = OUT_DIR / "scenes.npz"
@@ -601,7 +610,8 @@ def main() -> None:
                                     f"({'wall' if key == 'median' else 'CPU'} time)")
     text = (f"{hw}\nmatmul peak GFLOP/s: " + ", ".join(f"{d} {t}t {v:.0f}" for (d, t), v in peaks.items())
             + f"\nmedians of {args.reps} alternating repetitions after 1 warm-up; device {args.device}; malloc {args.malloc}"
-            + (f"; ours compiled ({args.compile})" if args.compile else "") + "\n\n" + table(rows)
+            + (f"; ours compiled ({args.compile}{', freezing' if args.freeze else ''})" if args.compile else "")
+            + "\n\n" + table(rows)
             + ("\n\n" + "\n".join(speedups) if speedups else ""))
     write_json(args, hw, peaks, rows)
     print("\n" + text)
