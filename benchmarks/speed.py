@@ -288,7 +288,7 @@ class MmdetWorker:
                     res = self.prepare(req["case"], req["dtype"], req["flops"])
                 except Exception as e:  # noqa: BLE001 - e.g. an op without a bf16 kernel: reported, not fatal
                     self.fn = None
-                    res = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+                    res = {"error": error_text(e)}
             elif cmd == "run":
                 t, cpu, peak = timed(self.fn, self.device)
                 res = {"time": t, "cpu": cpu, "peak": peak}
@@ -327,18 +327,22 @@ class RemoteSubject:
 
 def apply_malloc(mode: str) -> None:
     """``keep``: :func:`swin_maskrcnn.runtime.keep_freed_memory` in this process (glibc malloc keeps
-    freed memory for reuse); ``system``: glibc's defaults. Both processes get the same mode."""
-    if mode == "mmap":  # every block above 128 KiB is its own mapping: RSS follows the live tensors
-        import ctypes
+    freed memory for reuse); ``mmap``: every block above 128 KiB is its own mapping, so RSS follows
+    the live tensors; ``system``: glibc's defaults. Both processes get the same mode."""
+    if mode == "system":
+        return
+    sys.path.insert(0, str(REPO))
+    from swin_maskrcnn import runtime  # plain ctypes; imports no torch model code
 
-        if ctypes.CDLL(None).mallopt(-3, 128 * 1024) != 1:  # M_MMAP_THRESHOLD
-            raise SystemExit("--malloc mmap needs glibc")
-    if mode == "keep":
-        sys.path.insert(0, str(REPO))
-        from swin_maskrcnn.runtime import keep_freed_memory  # plain ctypes; imports no torch model code
+    ok = runtime.keep_freed_memory() if mode == "keep" else runtime.mallopt(runtime.M_MMAP_THRESHOLD, 128 * 1024)
+    if not ok:
+        raise SystemExit(f"--malloc {mode}: not applicable here (not glibc, or {runtime.ENV_OPT_OUT} is set)")
 
-        if not keep_freed_memory():
-            raise SystemExit("--malloc keep: not applicable here (not glibc, or SWIN_MASKRCNN_SYSTEM_MALLOC is set)")
+
+def error_text(e: BaseException) -> str:
+    """One line for a table cell: the exception type and the first line of its message."""
+    first = (str(e).splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:300]}"
 
 
 def worker_main(args: argparse.Namespace) -> None:
@@ -558,7 +562,7 @@ def main() -> None:
                                 info[s]["dets"] = n_dets(out) if case.startswith("infer") else None
                             except Exception as e:  # noqa: BLE001 - reported in the table, the others still run
                                 fns.pop(s, None)
-                                info[s]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                                info[s]["error"] = error_text(e)
                         info[s]["warmup_s"] = time.perf_counter() - t1
                         if "error" in info[s]:
                             log.warning("%s %s %s: cannot run: %s", case, dtype, s, info[s]["error"])

@@ -27,12 +27,27 @@ log = logging.getLogger(__name__)
 
 # glibc's mallopt parameter numbers (malloc.h)
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 #: largest value mallopt accepts (its argument is a C int): trim only when 2 GiB are free at the top
 _NO_TRIM = 2**31 - 1
 ENV_OPT_OUT = "SWIN_MASKRCNN_SYSTEM_MALLOC"
 
 _applied = False
+
+
+def mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``; False, changing nothing, where the C library is not glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        log.debug("not glibc (%s %s): malloc settings left alone", platform.system(), platform.libc_ver()[0])
+        return False
+    try:
+        fn = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - glibc always has mallopt
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn(param, value) == 1
 
 
 def keep_freed_memory() -> bool:
@@ -48,17 +63,7 @@ def keep_freed_memory() -> bool:
     if os.environ.get(ENV_OPT_OUT, "").strip() not in ("", "0"):
         log.info("%s is set: glibc malloc keeps its defaults", ENV_OPT_OUT)
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        log.debug("not glibc (%s %s): malloc settings left alone", platform.system(), platform.libc_ver()[0])
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # pragma: no cover - glibc always has mallopt
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    ok = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, _NO_TRIM) == 1
-    if ok:
+    if mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, _NO_TRIM):
         _applied = True
         log.debug("glibc malloc: mmap off, trim threshold 2 GiB (freed tensors are reused, not unmapped)")
-    return ok
+    return _applied

@@ -2,7 +2,8 @@
 
 1x1 laterals and 3x3 outputs (bias, no norm, no activation), top-down nearest upsampling to the
 lateral's size (at inference added in place through a broadcast view when the size is exactly twice
-the coarser map's, as it is for inputs padded to 32: the upsampled map is never materialised), and P6 = max_pool(P5, kernel 1, stride 2) (``add_extra_convs=False``).
+the coarser map's, as it is for inputs padded to 32: the upsampled map is never materialised), and
+P6 = max_pool(P5, kernel 1, stride 2) (``add_extra_convs=False``).
 Module names match mmdet's state_dict (``lateral_convs.{i}.conv``, ``fpn_convs.{i}.conv``).
 """
 from __future__ import annotations
