@@ -5,7 +5,7 @@
 
 A detector whose targets, losses or box/mask decoding are wrong cannot memorise a few images; unit
 tests that compare against hand-computed values miss such bugs when both sides share a wrong
-assumption. ``tests/test_overfit_coco128.py`` runs the fast variant (2 images) by default.
+assumption. ``tests/training/test_overfit_coco128.py`` runs the fast variant (2 images) by default.
 
 Image choice (deterministic): train images sorted by id, keeping those with 1..``--max-objects``
 instances whose every instance has an area >= ``--min-area`` px (at the original size); the first

@@ -3,7 +3,7 @@
 One layout everywhere: the objectness map (B, A, H, W) and the delta map (B, 4A, H, W, channel
 a*4+k) are flattened with ``permute(0, 2, 3, 1)`` to (H, W, A) order, the order of
 ``AnchorGenerator.grid_anchors``; the loss and the proposals both go through ``flatten_level``, so
-every prediction is trained against, and decoded with, its own anchor (tests/test_anchors_layout.py
+every prediction is trained against, and decoded with, its own anchor (tests/modeling/test_anchors_layout.py
 plants a logit and a delta at one position and reads them back at that anchor).
 """
 from __future__ import annotations

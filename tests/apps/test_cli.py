@@ -11,7 +11,7 @@ import yaml
 from swin_maskrcnn.apps.cli import build_parser, main
 from swin_maskrcnn.training.config import save_config
 
-from test_training import make_tiny_coco, tiny_train_config
+from conftest import make_tiny_coco, tiny_train_config
 
 
 def _help(argv, capsys) -> str:
@@ -43,7 +43,7 @@ def test_every_action_has_help():
 
 
 def test_print_config_and_config_errors(capsys):
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     cfg = repo / "configs" / "swin_t_coco_1x.yaml"
     assert main(["train", "--config", str(cfg), "--losses", str(repo / "configs/losses/seed.yaml"),
                  "optim.lr=3e-4", "--print-config"]) == 0

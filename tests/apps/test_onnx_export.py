@@ -29,7 +29,7 @@ from swin_maskrcnn.apps.onnx_export import export_onnx  # noqa: E402
 from swin_maskrcnn.apps.onnx_runtime import OnnxPredictor, paste_masks  # noqa: E402
 from swin_maskrcnn.modeling.postprocess import paste_masks as torch_paste_masks  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MAX_DETS = 40  # fewer than the NMS survivors, so the top-k cut is exercised; keeps the mask head cheap
 SIZES = [(150, 201), (224, 224)]  # 150x201: padding to 32 and window padding in all stages; 224: none
 

@@ -25,7 +25,7 @@ from swin_maskrcnn.data.images import load_rgb_image
 from swin_maskrcnn.modeling.config import tiny_model_config
 
 from conftest import FIXTURES
-from test_training import make_tiny_coco, tiny_train_config
+from conftest import make_tiny_coco, tiny_train_config
 
 MMDET_CKPT = FIXTURES / "mmdet_tiny_seed11" / "checkpoint.pth"
 SCALE = (128, 96)

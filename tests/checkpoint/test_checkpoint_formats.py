@@ -28,7 +28,7 @@ from swin_maskrcnn.checkpoint.safe_load import (
 from swin_maskrcnn.modeling.config import ModelConfig, tiny_model_config
 
 from conftest import FIXTURES
-from test_training import make_tiny_coco, tiny_train_config
+from conftest import make_tiny_coco, tiny_train_config
 
 NAMES = ["rect", "ellipse"]
 

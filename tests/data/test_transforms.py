@@ -25,7 +25,7 @@ from swin_maskrcnn.data.transforms import (
     unwrap_target,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 # label -> colour painted into the image under the instance's mask (label/mask/image pairing check)
 COLORS = {0: (255, 0, 0), 1: (0, 255, 0), 2: (0, 0, 255), 3: (255, 255, 0), 4: (0, 255, 255)}

@@ -30,11 +30,11 @@ from PIL import Image
 from swin_maskrcnn.apps.cli import main
 from swin_maskrcnn.training.config import save_config
 
-from test_training import make_tiny_coco, tiny_train_config
+from conftest import make_tiny_coco, tiny_train_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 3
 SIZES = [(64, 64), (64, 56), (56, 64)]  # (w, h) of images 0, 1, 2
 

@@ -25,7 +25,7 @@ from swin_maskrcnn.training.checkpoint_io import checkpoint_step, resolve_resume
 from swin_maskrcnn.training.config import ConfigError, TrainConfig, config_from_dict, save_config
 from swin_maskrcnn.training.nonfinite import NonFiniteTrainingError
 from swin_maskrcnn.training.train import train
-from test_training import make_tiny_coco, read_metrics_csv, tiny_train_config
+from conftest import make_tiny_coco, read_metrics_csv, tiny_train_config
 
 
 def fast_config(ann: Path, imgs: Path, out: Path, name: str, max_steps: int, **runtime) -> TrainConfig:

@@ -31,7 +31,7 @@ SWIN_T_PARAMS = 27_520_698
 SWIN_S_PARAMS = 69_112_506 - (47_794_602 - SWIN_T_PARAMS)  # 48,838,602
 SWIN_S_TENSORS = 399 - (231 - SWIN_T_TENSORS)  # 357: same non-backbone tensor count as Swin-T
 
-REFERENCE_DOC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mmdet_swin_mask_rcnn.md"
+REFERENCE_DOC = Path(__file__).resolve().parents[3] / "shared" / "reference" / "mmdet_swin_mask_rcnn.md"
 
 
 def tiny(**kw) -> SwinTransformer:

@@ -1,6 +1,6 @@
-"""Entry point of the multi-process tests (tests/test_distributed.py), not a test itself:
+"""Entry point of the multi-process tests (tests/training/test_distributed.py), not a test itself:
 
-    python tests/ddp_worker.py CONFIG.yaml RECORD_DIR
+    python tests/training/ddp_worker.py CONFIG.yaml RECORD_DIR
 
 trains with ``train(cfg, callbacks=[Record(RECORD_DIR)])``. Under ``runtime.strategy=ddp`` with
 ``runtime.devices=2`` Lightning re-runs this same command for rank 1. ``Record`` writes, per rank,

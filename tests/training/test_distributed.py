@@ -3,7 +3,7 @@ ends, each rank trains on its own shard, only rank 0 writes the run's files, the
 gradients equal one process's on the same global batch, and the distributed validation equals a
 single-process evaluation of the same weights.
 
-One 2-process run (``tests/ddp_worker.py``, started the way a user starts ``swin-maskrcnn train``:
+One 2-process run (``tests/training/ddp_worker.py``, started the way a user starts ``swin-maskrcnn train``:
 Lightning re-runs the command for rank 1) is shared by the tests of this module. In it, rank 1's
 loss is NaN at step 1 (rank 0's is finite): both ranks must skip that step together.
 """
@@ -27,7 +27,7 @@ from swin_maskrcnn.evaluation import evaluate_model
 from swin_maskrcnn.training.config import TrainConfig, config_from_dict, save_config
 from swin_maskrcnn.training.module import val_shard
 from swin_maskrcnn.training.train import RunBatchSampler, train
-from test_training import make_tiny_coco, read_metrics_csv, tiny_train_config
+from conftest import make_tiny_coco, read_metrics_csv, tiny_train_config
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 STEPS = 3

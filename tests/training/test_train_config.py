@@ -17,9 +17,9 @@ from swin_maskrcnn.training.config import (
     save_config,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
-# demo.yaml is a recipe (a TrainConfig plus a `demo:` section read by swin_maskrcnn.apps.demo); tests/test_demo.py
+# demo.yaml is a recipe (a TrainConfig plus a `demo:` section read by swin_maskrcnn.apps.demo); tests/apps/test_demo.py
 # validates it through the demo's own loader.
 FULL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if "losses" not in p.parts and p.name != "demo.yaml")
 LAYER_CONFIGS = sorted((CONFIGS / "losses").glob("*.yaml"))
@@ -212,7 +212,7 @@ def test_tiny_config_from_dict_round_trip(tmp_path):
 
 
 def test_num_classes_mismatch_is_a_startup_error(tmp_path):
-    from test_training import make_tiny_coco
+    from conftest import make_tiny_coco
 
     from swin_maskrcnn.training.train import build_datasets
 
