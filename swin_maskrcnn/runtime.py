@@ -11,10 +11,16 @@ in the heap and is reused, which is what jemalloc / tcmalloc (the allocators the
 tuning guide recommends preloading) achieve; the process's resident memory then stays at its
 peak instead of shrinking between steps.
 
-The CLI (``swin-maskrcnn``) applies it at start-up unless ``--system-malloc`` is given or
-``SWIN_MASKRCNN_SYSTEM_MALLOC=1`` is set; :func:`swin_maskrcnn.training.train` applies it when
-``runtime.keep_freed_memory`` is true (the default). A library user calling :class:`Predictor` in
-their own process decides for themselves (call this function, or not).
+One rule decides whether it applies (``swin_maskrcnn.apps.cli.apply_malloc_setting``):
+
+* training (:func:`swin_maskrcnn.training.train`, ``swin-maskrcnn train`` and ``demo``): the
+  config's ``runtime.keep_freed_memory`` (default true); the CLI's ``--system-malloc`` is the
+  override ``runtime.keep_freed_memory=false``;
+* every other ``swin-maskrcnn`` command: applied at start-up unless ``--system-malloc`` is given;
+* ``SWIN_MASKRCNN_SYSTEM_MALLOC=1`` turns it off everywhere (this function then does nothing).
+
+A library user calling :class:`Predictor` in their own process decides for themselves (call this
+function, or not).
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def _add_train(sub: Any) -> None:
                    help="Lightning checkpoint to resume (model, optimiser, schedule, step and data order), or a run "
                         "folder: its newest complete checkpoint (a file cut short by a killed job is skipped)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, trains=True)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let errors in the input (config, data, checkpoint) raise with their Python traceback")
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc malloc's defaults (by default freed memory is kept for reuse, which avoids "
-                        "page faults on every large tensor; see swin_maskrcnn.runtime)")
+                        "page faults on every large tensor; for train and demo the same as the override "
+                        "runtime.keep_freed_memory=false; see swin_maskrcnn.runtime)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(sub)
     _add_evaluate(sub)
@@ -224,8 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if not args.system_malloc:
-        keep_freed_memory()
+    apply_malloc_setting(args)
     try:
         return int(args.func(args) or 0)
     except (OutputWriteError, NonFiniteTrainingError) as e:  # disk full / diverged: the message says it all
@@ -241,6 +241,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.debug("traceback of the error below", exc_info=True)
         print(f"swin-maskrcnn {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def apply_malloc_setting(args: argparse.Namespace) -> None:
+    """The one rule for freed-memory reuse (:func:`swin_maskrcnn.runtime.keep_freed_memory`).
+
+    A command that trains (``train``, ``demo``: its parser sets ``trains=True``) leaves the decision to
+    its config's ``runtime.keep_freed_memory``, which :func:`~swin_maskrcnn.training.train.train`
+    applies; ``--system-malloc`` becomes the override ``runtime.keep_freed_memory=false`` (so the saved
+    config.yaml says what ran). Every other command keeps freed memory unless ``--system-malloc`` is
+    given. ``SWIN_MASKRCNN_SYSTEM_MALLOC=1`` turns it off everywhere (checked by ``keep_freed_memory``).
+    """
+    if getattr(args, "trains", False):
+        if args.system_malloc:
+            args.overrides = [*args.overrides, "runtime.keep_freed_memory=false"]
+        return
+    if not args.system_malloc:
+        keep_freed_memory()
 
 
 def is_input_error(exc: BaseException) -> bool:

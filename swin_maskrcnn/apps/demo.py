@@ -553,7 +553,7 @@ def register_subcommand(sub: Any) -> None:
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bar on stderr")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides (e.g. optim.lr=5e-4)")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_demo, trains=True)  # runtime.keep_freed_memory decides (apps.cli.apply_malloc_setting)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
