@@ -113,3 +113,39 @@ def read_metrics_csv(run_dir: Path) -> list[dict[str, str]]:
     assert files, f"no metrics.csv under {run_dir}"
     with open(files[-1], newline="") as f:
         return list(csv.DictReader(f))
+
+
+def write_box_coco(root: Path, sizes: Sequence[tuple[int, int]], boxes: Sequence[tuple], categories: Sequence[tuple[int, str]],
+                   name: str = "ann.json") -> tuple[Path, Path]:
+    """A COCO set of black PNGs of ``sizes`` (w, h) whose annotations are the rectangles ``boxes``:
+    ``(image index, category id, [x, y, w, h])`` or ``(..., iscrowd)``; each mask is its box (polygon;
+    crowd ones as RLE). Image k has id k + 1 and file ``im_k.png``; annotation ids count from 1. Returns (json, folder)."""
+    from pycocotools import mask as mask_utils
+
+    root = Path(root)
+    img_dir = root / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for k, (w, h) in enumerate(sizes):
+        fn = f"im_{k}.png"
+        if not (img_dir / fn).exists():
+            Image.fromarray(np.zeros((h, w, 3), dtype=np.uint8)).save(img_dir / fn)
+        images.append({"id": k + 1, "file_name": fn, "width": w, "height": h})
+    anns = []
+    for aid, item in enumerate(boxes, start=1):
+        k, cat, (x, y, bw, bh) = item[:3]
+        crowd = int(item[3]) if len(item) > 3 else 0
+        w, h = sizes[k]
+        if crowd:
+            m = np.zeros((h, w), dtype=np.uint8, order="F")
+            m[int(y):int(y + bh), int(x):int(x + bw)] = 1
+            rle = mask_utils.encode(m)
+            segm: object = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+        else:
+            segm = [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]
+        anns.append({"id": aid, "image_id": k + 1, "category_id": cat, "bbox": [x, y, bw, bh], "area": float(bw * bh),
+                     "iscrowd": crowd, "segmentation": segm})
+    ann = root / name
+    ann.write_text(json.dumps({"images": images, "annotations": anns,
+                               "categories": [{"id": c, "name": n} for c, n in categories]}))
+    return ann, img_dir

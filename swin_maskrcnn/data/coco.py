@@ -285,6 +285,14 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             )
         return arr
 
+    def instance_boxes(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(boxes (N, 4) float32 xyxy at the original size, labels (N,) int64) of index ``i``: the
+        training instances (non-crowd, not skipped, boxes clipped to the image), without reading the
+        image or decoding a mask (the anchor fit and ``inspect`` read every box of a data set)."""
+        recs = self._records.get(self.img_ids[i], [])
+        boxes = torch.tensor([r["box"] for r in recs], dtype=torch.float32).reshape(-1, 4)
+        return boxes, torch.tensor([r["label"] for r in recs], dtype=torch.int64)
+
     def get_raw_target(self, i: int) -> dict:
         """Target of index ``i`` at the original size, before any transform."""
         img_id = self.img_ids[i]

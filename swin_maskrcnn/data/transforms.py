@@ -44,6 +44,7 @@ __all__ = [
     "rescale_size",
     "Compose",
     "Resize",
+    "resize_boxes",
     "RandomChoiceResize",
     "RandomHorizontalFlip",
     "RandomAbsoluteCrop",
@@ -176,6 +177,14 @@ class Compose:
         return f"Compose([{inner}])"
 
 
+def resize_boxes(boxes: tv_tensors.BoundingBoxes, new_h: int, new_w: int) -> tv_tensors.BoundingBoxes:
+    """Boxes (xyxy ``BoundingBoxes`` on their canvas) resized to a (new_h, new_w) canvas as the
+    pipeline resizes them: x * new_w / w, y * new_h / h, then clipped to the new image (mmdet's
+    ``clip_object_border=True``). The one box rule of :func:`resize_to`; the anchor fit
+    (:mod:`swin_maskrcnn.diagnostics.anchor_fit`) calls it without touching any pixel."""
+    return F.clamp_bounding_boxes(F.resize(boxes, [new_h, new_w]))
+
+
 def resize_to(image: torch.Tensor, target: Optional[Target], new_h: int, new_w: int):
     """Resizes image (bilinear, no antialias), masks (nearest) and boxes (per-axis ratio, then
     clipped) to exactly (new_h, new_w), updating ``img_size`` and the cumulative ``scale_factor``."""
@@ -184,8 +193,7 @@ def resize_to(image: torch.Tensor, target: Optional[Target], new_h: int, new_w: 
     if (new_h, new_w) == (h, w):
         return image, target
     image = F.resize(image, [new_h, new_w], interpolation=InterpolationMode.BILINEAR, antialias=False)
-    boxes = F.resize(target["boxes"], [new_h, new_w])  # x * new_w / w, y * new_h / h
-    target["boxes"] = F.clamp_bounding_boxes(boxes)  # mmdet clip_object_border=True
+    target["boxes"] = resize_boxes(target["boxes"], new_h, new_w)
     masks = target["masks"]
     if masks.shape[0] == 0:
         target["masks"] = tv_tensors.Mask(torch.zeros((0, new_h, new_w), dtype=masks.dtype))
