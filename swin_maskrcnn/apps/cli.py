@@ -98,8 +98,9 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file")
     p.add_argument("--ann", required=True, help="COCO annotation json")
     p.add_argument("--images", required=True, help="folder of the images named in the json")
-    p.add_argument("--max-dets", type=int, nargs=3, default=[1, 10, 100], metavar=("D1", "D2", "D3"),
-                   help="COCOeval maxDets; AP is reported at the largest")
+    p.add_argument("--max-dets", type=int, nargs=3, default=None, metavar=("D1", "D2", "D3"),
+                   help="COCOeval maxDets; AP is reported at the largest (default: 1 10 100, or the checkpoint's "
+                        "model.max_instances as the largest: 1 100 N)")
     p.add_argument("--out", default=None, help="write the metrics (incl. per-class AP) to this JSON file")
     p.add_argument("--results", default=None, help="also write the COCO-format detections to this JSON file")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
@@ -147,6 +148,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     roi = {k: v for k, v in (("score_thr", args.score_thr), ("max_per_img", args.max_per_img)) if v is not None}
     model, cfg, meta = load_checkpoint(args.checkpoint, map_location=device, **({"roi": roi} if roi else {}))
     compile_dense(model, args.compile)
+    if args.max_dets is None:
+        args.max_dets = cfg.eval_max_dets() or [1, 10, 100]
+        if cfg.max_instances is not None:
+            log.info("maxDets %s (model.max_instances=%d)", args.max_dets, cfg.max_instances)
     if max(args.max_dets) > cfg.roi.max_per_img:
         log.warning("--max-dets %d exceeds the model's max_per_img %d: AP at %d detections is computed from at most "
                     "%d per image; pass --max-per-img %d", max(args.max_dets), cfg.roi.max_per_img,

@@ -102,6 +102,10 @@ def _apply_overrides(cfg: ModelConfig, overrides: Mapping[str, Any]) -> ModelCon
     if not overrides:
         return cfg
     data = cfg.model_dump(mode="json")
+    roi = overrides.get("roi")
+    roi_cap = roi.get("max_per_img") if isinstance(roi, Mapping) else getattr(roi, "max_per_img", None)
+    if roi_cap is not None and "max_instances" not in overrides:
+        data["max_instances"] = None  # an explicit detection cap replaces max_instances (its RPN caps stay)
     for k, v in overrides.items():
         if isinstance(v, Mapping) and isinstance(data.get(k), dict):
             data[k] = {**data[k], **v}

@@ -118,6 +118,12 @@ class RPNConfig(StrictModel):
     max_per_img_test: int = Field(1000, ge=1)
     nms_iou: float = Field(0.7, gt=0, le=1)
     min_bbox_size: float = Field(0.0, ge=0)
+    auto_anchors: bool = Field(
+        False,
+        description="training fits anchor_scales / anchor_ratios to the training boxes before the first step "
+        "(swin_maskrcnn.diagnostics.anchor_fit: the set with the best bpr and as many anchors per location) and "
+        "writes them into the resolved config and every checkpoint; false keeps the configured anchors (mmdet)",
+    )
 
 
 class RoIConfig(StrictModel):
@@ -175,6 +181,14 @@ class ModelConfig(StrictModel):
         description="test-time keep-ratio resize (long, short) with mmdet's rounding: predict's default and what "
         "evaluation and the validation pipeline resize to; null = images at their own size",
     )
+    max_instances: Optional[int] = Field(
+        None,
+        ge=1,
+        le=10000,
+        description="objects per image the model must be able to return (dense scenes): sets roi.max_per_img, "
+        "raises rpn.nms_pre_test and rpn.max_per_img_test to at least this, and 'evaluate' uses it as the largest "
+        "COCOeval maxDets; null = the caps as configured",
+    )
     rpn: RPNConfig = Field(default_factory=RPNConfig)
     roi: RoIConfig = Field(default_factory=RoIConfig)
     losses: LossConfig = Field(default_factory=LossConfig)
@@ -185,6 +199,28 @@ class ModelConfig(StrictModel):
         if v is not None and (v[0] < 1 or v[1] < 1):
             raise ValueError(f"both sides must be >= 1, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _apply_max_instances(self) -> "ModelConfig":
+        """``max_instances`` sets the detection cap and lifts the RPN's test caps that would cut below it
+        (new section objects: a section shared with another config is never changed in place)."""
+        m = self.max_instances
+        if m is None:
+            return self
+        if self.roi.max_per_img != m:
+            self.__dict__["roi"] = self.roi.model_copy(update={"max_per_img": m})
+        rpn_update = {k: m for k in ("nms_pre_test", "max_per_img_test") if getattr(self.rpn, k) < m}
+        if rpn_update:
+            self.__dict__["rpn"] = self.rpn.model_copy(update=rpn_update)
+        return self
+
+    def eval_max_dets(self) -> Optional[list[int]]:
+        """COCOeval maxDets for ``max_instances`` (its value the largest): [1, 100, m] above 100, [1, 10, m]
+        above 10; None when unset or at most 10 (the caller's defaults apply)."""
+        m = self.max_instances
+        if m is None or m <= 10:
+            return None
+        return [1, 100, m] if m > 100 else [1, 10, m]
 
     @model_validator(mode="after")
     def _check_arch(self) -> "ModelConfig":

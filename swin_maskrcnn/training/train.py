@@ -59,6 +59,7 @@ from ..modeling.detector import SwinMaskRCNN
 from ..modeling.acceleration import compile_dense
 from ..runtime import keep_freed_memory
 from .monitoring import CollapseDetector, ProbeMonitor
+from .auto_anchors import apply_auto_anchors
 from .preflight import check_hardware, check_resume
 from .config import ConfigError, TrainConfig, check_num_classes, dump_config, save_config
 
@@ -518,7 +519,7 @@ def train(
     if resume_path is not None:
         os.environ[RESUME_ENV] = str(resume_path)
     try:
-        return _train(cfg, resume_path, run_dir, t0, callbacks)
+        return _train(cfg.model_copy(deep=True) if cfg.model.rpn.auto_anchors else cfg, resume_path, run_dir, t0, callbacks)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -535,6 +536,7 @@ def _train(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
     check_hardware(cfg)  # start-up checks: before reading data, before writing anything
     train_ds, val_ds = build_datasets(cfg)
     check_resume(None if resume is None else str(resume), cfg, train_ds)
+    anchor_fit = apply_auto_anchors(cfg, train_ds, resume)  # before the model: its RPN takes the fitted anchors
     model = build_model(cfg, resume)
     check_output_dir(cfg, run_dir, model)
     module = DetectionModule(cfg, train_ds.class_names, train_ds.cat_id_to_label, model=model)
@@ -557,6 +559,8 @@ def _train(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
                         global_step=trainer.global_step)
     summary = run_summary(cfg, trainer, module, callbacks, run_dir, t0)
     summary["data"] = {"train": train_ds.report.as_dict(), "val": None if val_ds is None else val_ds.report.as_dict()}
+    if anchor_fit is not None:
+        summary["anchor_fit"] = anchor_fit
     if trainer.is_global_zero:
         if summary["stopped_by_time"]:
             log.warning("runtime.max_minutes=%g reached at step %d of %d", cfg.runtime.max_minutes,
