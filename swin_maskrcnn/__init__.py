@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .apps.predict import Predictor
     from .checkpoint.loader import load_model
+    from .errors import InputError
     from .modeling.config import LossConfig, ModelConfig, RoIConfig, RPNConfig, tiny_model_config
     from .modeling.detector import SwinMaskRCNN
 
@@ -24,9 +25,11 @@ _LAZY = {
     "tiny_model_config": ".modeling.config",
     "load_model": ".checkpoint.loader",
     "Predictor": ".apps.predict",
+    "InputError": ".errors",
 }
 
-__all__ = ["SwinMaskRCNN", "ModelConfig", "LossConfig", "RPNConfig", "RoIConfig", "tiny_model_config", "load_model", "Predictor"]
+__all__ = ["SwinMaskRCNN", "ModelConfig", "LossConfig", "RPNConfig", "RoIConfig", "tiny_model_config", "load_model", "Predictor",
+           "InputError"]
 __version__ = "0.1.0"
 
 

@@ -180,7 +180,8 @@ DEMO_DEFAULTS: dict[str, Any] = {
 
 def _load_recipe(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(raw training config mapping, demo section with defaults) of the recipe file."""
-    from ..training.config import ConfigError, load_yaml
+    from ..errors import ConfigError
+    from ..training.config import load_yaml
 
     raw = load_yaml(path)
     demo = {**DEMO_DEFAULTS, **(raw.pop("demo", None) or {})}
@@ -209,7 +210,7 @@ def _finish_recipe(raw: dict[str, Any], demo: dict[str, Any], path_hint: str, ou
     runtime = raw.setdefault("runtime", {})
     if steps is not None:
         if steps < 1:
-            from ..training.config import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"--steps must be >= 1, got {steps}")
         base_steps = int(optim.get("max_steps", steps))

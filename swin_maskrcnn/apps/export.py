@@ -91,7 +91,7 @@ def register_subcommand(sub: Any) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..training.config import ConfigError
+    from ..errors import ConfigError
 
     if args.format == "safetensors":
         if args.opset is not None:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.images import IMAGE_EXTENSIONS, load_rgb_image, pil_to_rgb_uint8
+from .options import add_inference_arguments, default_device, roi_overrides
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,7 @@ class Predictor:
             model = model_or_path
         else:
             raise TypeError(f"expected a model or a checkpoint path, got {type(model_or_path).__name__}")
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = default_device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = int(batch_size)
         if isinstance(scale, str):
@@ -222,10 +222,7 @@ def register_subcommand(sub: Any) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file")
     p.add_argument("--out", required=True, help="COCO results JSON to write")
     p.add_argument("--viz", metavar="DIR", default=None, help="write one PNG per image with masks, boxes, names, scores")
-    p.add_argument("--score-thr", type=float, default=None, help="score threshold (default: the checkpoint's)")
-    p.add_argument("--max-per-img", type=int, default=None, help="detections per image (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_inference_arguments(p)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
                       help="keep-ratio test resize (default: the checkpoint's test scale)")
@@ -248,15 +245,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..evaluation import save_results_json
-    from ..training.config import ConfigError
-
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_per_img is not None and args.max_per_img < 1:
-        raise ConfigError(f"--max-per-img must be >= 1, got {args.max_per_img}")
-    if args.score_thr is not None and not 0.0 <= args.score_thr <= 1.0:
-        raise ConfigError(f"--score-thr must be in [0, 1], got {args.score_thr}")
-    roi = {k: v for k, v in (("score_thr", args.score_thr), ("max_per_img", args.max_per_img)) if v is not None}
+    roi = roi_overrides(args)
     scale: Union[str, tuple[int, int], None] = None if args.no_resize else (tuple(args.scale) if args.scale else "model")
     predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, scale=scale,
                           **({"roi": roi} if roi else {}))

@@ -30,6 +30,8 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor
 
+from ..errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -47,10 +49,6 @@ PathLike = Union[str, os.PathLike]
 _ZIP_MAGIC = b"PK\x03\x04"
 #: a safetensors header longer than this is not a header (the format caps it at 100 MB)
 _MAX_SAFETENSORS_HEADER = 100_000_000
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not match the model; the message names the file."""
 
 
 class UnsafeCheckpointError(CheckpointError):

@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
+from ..errors import DataError
+
 logger = logging.getLogger("swin_maskrcnn.data.coco")  # one logger for everything the dataset reports
 
 __all__ = [
@@ -57,11 +59,6 @@ MAX_LISTED = 5
 #: EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-
-
-class DataError(ValueError):
-    """A dataset the library cannot use as given; the message names the file, image id, annotation
-    id or key and what is wrong."""
 
 
 class DataFileNotFoundError(FileNotFoundError, DataError):

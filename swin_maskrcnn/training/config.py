@@ -18,7 +18,7 @@ YAML files
 * ``extends: other.yaml`` (or a list of files), resolved relative to the including file. The
   listed files are merged first, in order, then the including file's own keys on top. Mappings
   merge key by key; lists and scalars are replaced.
-* ``layers=[...]`` (CLI ``--losses FILE`` / ``--layer FILE``): partial YAML files merged on top of
+* ``layers=[...]`` (CLI ``--losses FILE``, repeatable): partial YAML files merged on top of
   the config after it is read and before the overrides, e.g. the design's tuned losses::
 
       swin-maskrcnn train --config configs/swin_t_coco_1x.yaml --losses configs/losses/seed.yaml
@@ -43,6 +43,7 @@ from typing import Any, Iterable, Literal, Optional, Sequence, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ..errors import ConfigError
 from ..io_utils import atomic_write
 from ..modeling.config import CompileMode, ModelConfig, StrictModel
 
@@ -64,10 +65,6 @@ __all__ = [
     "save_config",
     "check_num_classes",
 ]
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names every offending dotted key."""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from swin_maskrcnn.apps.cli import build_parser, main
+from swin_maskrcnn.errors import ConfigError
 from swin_maskrcnn.training.config import save_config
 
 from conftest import make_tiny_coco, tiny_train_config
@@ -25,7 +26,7 @@ def test_help(capsys):
     out = _help(["--help"], capsys)
     assert "train" in out and "evaluate" in out
     out = _help(["train", "--help"], capsys)
-    for flag in ("--config", "--resume", "--losses", "--layer", "--print-config", "key=value"):
+    for flag in ("--config", "--resume", "--losses", "--print-config", "key=value"):
         assert flag in out
     out = _help(["evaluate", "--help"], capsys)
     for flag in ("--checkpoint", "--ann", "--images", "--max-dets", "--out", "--results", "--batch-size",
@@ -51,6 +52,35 @@ def test_print_config_and_config_errors(capsys):
     assert printed["optim"]["lr"] == 3e-4 and printed["model"]["losses"]["rpn_cls_pos_weight"] == 5.0
     assert main(["train", "--config", str(cfg), "optim.lrr=1", "--print-config"]) == 2
     assert "optim.lrr" in capsys.readouterr().err
+
+
+def test_losses_files_merge_in_order_and_system_malloc_is_the_config_key(tmp_path, capsys):
+    repo = Path(__file__).resolve().parents[2]
+    cfg = repo / "configs" / "swin_t_coco_1x.yaml"
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("optim: {lr: 1.0e-3, weight_decay: 0.5}\n")
+    second.write_text("optim: {lr: 2.0e-3}\n")
+    assert main(["--system-malloc", "train", "--config", str(cfg), "--losses", str(first), "--losses", str(second),
+                 "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 2e-3 and printed["optim"]["weight_decay"] == 0.5  # later file wins per key
+    assert printed["runtime"]["keep_freed_memory"] is False
+
+
+def test_one_input_error_base_is_what_the_cli_reports_in_one_line(capsys):
+    from swin_maskrcnn.apps.cli import is_input_error
+    from swin_maskrcnn.checkpoint.safe_load import TruncatedCheckpointError
+    from swin_maskrcnn.data.validation import ImageNotFoundError
+    from swin_maskrcnn.errors import InputError
+
+    for exc in (ConfigError("a"), ImageNotFoundError("b"), TruncatedCheckpointError("c")):
+        assert isinstance(exc, InputError) and is_input_error(exc)
+    assert not is_input_error(RuntimeError("a bug"))
+    # an error raised by a command: one line on stderr, exit 2, no traceback
+    assert main(["evaluate", "--checkpoint", "x.pt", "--ann", "missing.json", "--images", ".",
+                 "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "swin-maskrcnn evaluate: error: --batch-size must be >= 1, got 0"
 
 
 def test_train_then_evaluate(tmp_path, capsys, caplog):
