@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from .errors import InputError
     from .modeling.config import LossConfig, ModelConfig, RoIConfig, RPNConfig, tiny_model_config
     from .modeling.detector import SwinMaskRCNN
+    from .modeling.meta import ModelMeta
 
 _LAZY = {
     "SwinMaskRCNN": ".modeling.detector",
@@ -26,10 +27,11 @@ _LAZY = {
     "load_model": ".checkpoint.loader",
     "Predictor": ".apps.predict",
     "InputError": ".errors",
+    "ModelMeta": ".modeling.meta",
 }
 
 __all__ = ["SwinMaskRCNN", "ModelConfig", "LossConfig", "RPNConfig", "RoIConfig", "tiny_model_config", "load_model", "Predictor",
-           "InputError"]
+           "InputError", "ModelMeta"]
 __version__ = "0.1.0"
 
 

@@ -1,8 +1,7 @@
 """COCO evaluation with pycocotools' COCOeval (the metric is never re-implemented).
 
-* :func:`predictions_to_coco_results` turns model outputs (boxes xyxy and masks already at the
-  ORIGINAL image size, contiguous labels) into COCO result dicts: boxes as xywh, masks as
-  compressed RLE with ``counts`` as str, labels mapped back to the dataset's category ids.
+* model outputs become COCO result dicts with :func:`~swin_maskrcnn.coco_results.predictions_to_coco_results`
+  (``swin_maskrcnn/coco_results.py``, which needs no COCOeval; re-exported here).
 * :func:`evaluate_coco` runs COCOeval for each iou type and reads AP / AR out of
   ``eval['precision']`` / ``eval['recall']`` for the requested ``max_dets`` itself, because
   ``COCOeval.summarize()`` hard-codes maxDets=100 for AP (so AP at 400 detections would be
@@ -10,7 +9,6 @@
 * :func:`evaluate_model` runs a model over a dataset and evaluates it: :func:`predict_coco_results`
   (one process's share of the images) then :func:`summarize_predictions` (COCOeval), the two
   halves a distributed validation runs on every rank and on rank 0.
-* :func:`save_results_json` writes results atomically.
 
 Metric values follow COCOeval's convention: -1.0 where undefined (no ground truth of that kind,
 e.g. APl without large objects); per-class AP is NaN for classes without ground truth in the
@@ -18,20 +16,18 @@ evaluated images.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .io_utils import atomic_write, stdout_to_log
+from .coco_results import masks_to_rles, predictions_to_coco_results, save_results_json
 from .data.loader import collate
+from .io_utils import stdout_to_log
 
 logger = logging.getLogger(__name__)
 
@@ -42,75 +38,12 @@ __all__ = [
     "predict_coco_results",
     "summarize_predictions",
     "save_results_json",
+    "masks_to_rles",
     "flatten_metrics",
     "AREA_NAMES",
 ]
 
 AREA_NAMES = ("all", "small", "medium", "large")
-
-
-def _np(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def masks_to_rles(masks: Any) -> list[dict]:
-    """Binary masks (K, H, W) -> compressed RLEs with ``counts`` decoded to str (json-ready)."""
-    m = _np(masks)
-    if m.ndim != 3:
-        raise ValueError(f"masks must be (K, H, W), got shape {m.shape}")
-    if m.shape[0] == 0:
-        return []
-    fortran = np.asfortranarray(np.transpose(m > 0.5 if m.dtype.kind == "f" else m != 0, (1, 2, 0)).astype(np.uint8))
-    rles = mask_utils.encode(fortran)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
-
-
-def predictions_to_coco_results(
-    predictions: Sequence[dict],
-    image_ids: Sequence[int],
-    label_to_cat_id: dict[int, int],
-) -> list[dict]:
-    """Model outputs -> COCO result dicts.
-
-    Each prediction has ``boxes`` (K, 4) xyxy in original image pixels, ``scores`` (K,),
-    ``labels`` (K,) contiguous 0..C-1 and optionally ``masks`` (K, h0, w0) bool (or uint8 /
-    probabilities, thresholded at 0.5) already pasted at the original image size. A result gets a
-    ``segmentation`` only when the prediction has masks.
-    """
-    if len(predictions) != len(image_ids):
-        raise ValueError(f"{len(predictions)} predictions for {len(image_ids)} image ids")
-    results: list[dict] = []
-    for pred, img_id in zip(predictions, image_ids):
-        boxes = _np(pred["boxes"]).astype(np.float64).reshape(-1, 4)
-        scores = _np(pred["scores"]).astype(np.float64).reshape(-1)
-        labels = _np(pred["labels"]).astype(np.int64).reshape(-1)
-        k = len(boxes)
-        if not (len(scores) == len(labels) == k):
-            raise ValueError(f"image {img_id}: {k} boxes, {len(scores)} scores, {len(labels)} labels")
-        rles = None
-        if pred.get("masks") is not None:
-            rles = masks_to_rles(pred["masks"])
-            if len(rles) != k:
-                raise ValueError(f"image {img_id}: {len(rles)} masks for {k} boxes")
-        for j in range(k):
-            label = int(labels[j])
-            if label not in label_to_cat_id:
-                raise ValueError(f"image {img_id}: label {label} has no category id (labels 0..{len(label_to_cat_id) - 1})")
-            x1, y1, x2, y2 = (float(v) for v in boxes[j])
-            res = {
-                "image_id": int(img_id),
-                "category_id": int(label_to_cat_id[label]),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": float(scores[j]),
-            }
-            if rles is not None:
-                res["segmentation"] = rles[j]
-            results.append(res)
-    return results
 
 
 def _mean_valid(a: np.ndarray) -> float:
@@ -295,7 +228,7 @@ def predict_coco_results(
                 ids = [int(t["image_id"]) for t in targets]
                 results.extend(predictions_to_coco_results(outputs, ids, base.label_to_cat_id))
                 image_ids.extend(ids)
-                counts.extend(int((_np(o["scores"]) >= score_thr).sum()) for o in outputs)
+                counts.extend(int((torch.as_tensor(o["scores"]) >= score_thr).sum()) for o in outputs)
                 bar.update(len(images))
     finally:
         model.train(was_training)
@@ -350,8 +283,3 @@ def evaluate_model(
                                                       progress=progress, score_thr=score_thr, precision=precision)
     metrics = summarize_predictions(dataset, results, image_ids, counts, max_dets=max_dets, iou_types=iou_types)
     return metrics, results
-
-
-def save_results_json(results: Sequence[dict], path: Union[str, Path]) -> Path:
-    """Writes ``results`` as json atomically (temporary file in the same folder, fsync, rename)."""
-    return atomic_write(path, lambda f: json.dump(list(results), f))

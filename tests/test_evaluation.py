@@ -14,13 +14,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from swin_maskrcnn.data import CocoInstanceDataset, build_test_transforms
-from swin_maskrcnn.evaluation import (
-    evaluate_coco,
-    evaluate_model,
-    flatten_metrics,
-    predictions_to_coco_results,
-    save_results_json,
-)
+from swin_maskrcnn.coco_results import predictions_to_coco_results, save_results_json
+from swin_maskrcnn.evaluation import evaluate_coco, evaluate_model, flatten_metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

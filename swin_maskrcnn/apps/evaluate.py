@@ -64,7 +64,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data.coco import CocoInstanceDataset
     from ..data.transforms import build_test_transforms
     from ..data.validation import require_instances
-    from ..evaluation import evaluate_model, save_results_json
+    from ..coco_results import save_results_json
+    from ..evaluation import evaluate_model
     from ..io_utils import atomic_write, json_ready
     from ..modeling.acceleration import compile_dense
 

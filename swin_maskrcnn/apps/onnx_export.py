@@ -211,12 +211,9 @@ def export_metadata(model: SwinMaskRCNN) -> dict[str, Any]:
         "num_classes": model.cfg.num_classes,
         "model_config": model.cfg.model_dump(mode="json"),
     }
-    names = getattr(model, "class_names", None)
-    if names:
-        meta["class_names"] = list(names)
-    cat_ids = getattr(model, "label_to_cat_id", None)
-    if cat_ids:
-        meta["label_to_cat_id"] = {str(k): int(v) for k, v in dict(cat_ids).items()} if isinstance(cat_ids, dict) else list(cat_ids)
+    meta["class_names"] = list(model.meta.class_names)
+    if model.meta.label_to_cat_id:
+        meta["label_to_cat_id"] = {str(k): int(v) for k, v in model.meta.label_to_cat_id.items()}
     return meta
 
 

@@ -18,7 +18,7 @@ checkpoint stores none (mmdet files). The file is written atomically. An image t
 gets one error line naming it; the others are still predicted and the exit status is 1.
 
 Loading a model and predicting imports no Lightning, pycocotools, matplotlib or TensorBoard; only
-writing the JSON's RLE masks imports pycocotools.
+writing the JSON's RLE masks imports pycocotools.mask (:mod:`swin_maskrcnn.coco_results`), not COCOeval.
 """
 from __future__ import annotations
 
@@ -115,11 +115,8 @@ class Predictor:
                 raise ValueError(f"scale must be 'model', a (long, short) pair or None, got {scale!r}")
             scale = model.cfg.test_scale  # the one owner of the test resize (None: own size)
         self.scale = None if scale is None else (int(scale[0]), int(scale[1]))
-        n = model.cfg.num_classes
-        names = getattr(model, "class_names", None)
-        self.class_names = list(names) if names else [str(i) for i in range(n)]
-        mapping = getattr(model, "label_to_cat_id", None)
-        self.label_to_cat_id = {int(k): int(v) for k, v in mapping.items()} if mapping else {i: i + 1 for i in range(n)}
+        self.class_names = list(model.meta.class_names)
+        self.label_to_cat_id = model.meta.category_ids()  # the data set's ids, else label + 1
 
     # --------------------------------------------------------------------------------------------
     def _as_array(self, item: ImageInput) -> tuple[Union[np.ndarray, Tensor], Optional[str]]:
@@ -189,19 +186,17 @@ class Predictor:
 def to_coco_results(result: dict[str, Any], image: Optional[str] = None, file_name: Optional[str] = None) -> list[dict]:
     """One image's :meth:`Predictor.predict` result as COCO result dicts (bbox xywh, RLE masks).
 
-    Imports pycocotools (for the RLE encoding)."""
-    from ..evaluation import predictions_to_coco_results
+    Imports pycocotools.mask (for the RLE encoding)."""
+    from ..coco_results import detection_results
 
-    mapping = {i: int(c) for i, c in enumerate(result["category_ids"].tolist())}
-    per_det = {k: result[k] for k in ("boxes", "scores", "masks") if k in result}
-    per_det["labels"] = torch.arange(len(mapping))  # each detection carries its own category id
-    entries = predictions_to_coco_results([per_det], [0], mapping)
+    entries = detection_results(result["boxes"], result["scores"], result["category_ids"], result.get("masks"),
+                                where=image or "image")
     head = {}
     if image is not None:
         head["image"] = image
     if file_name is not None:
         head["file_name"] = file_name
-    return [{**head, **{k: v for k, v in e.items() if k != "image_id"}} for e in entries]
+    return [{**head, **e} for e in entries]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,7 +239,7 @@ def _viz_path(viz_dir: Path, file_name: str, used: set[Path]) -> Path:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..evaluation import save_results_json
+    from ..coco_results import save_results_json
     roi = roi_overrides(args)
     scale: Union[str, tuple[int, int], None] = None if args.no_resize else (tuple(args.scale) if args.scale else "model")
     predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, scale=scale,

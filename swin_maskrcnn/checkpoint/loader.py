@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..modeling.config import ModelConfig
+from ..modeling.meta import ModelMeta
 from .mmdet import class_names_from_meta, infer_model_config, load_state_dict_strict, mmdet_state_dict
 from .native import FORMAT, LIGHTNING_PREFIX, META_KEY, SAFETENSORS_FORMAT, VERSION
 from .safe_load import CheckpointError, read_file
@@ -131,9 +132,9 @@ def load_checkpoint(
 ) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
     """(model in eval mode, its ModelConfig, meta) from any checkpoint :func:`read_checkpoint` reads.
 
-    The model carries ``class_names`` (label i -> name; "0".."C-1" when the file has none) and
-    ``label_to_cat_id`` (dataset category id of each label, None when unknown). ``meta`` also gains
-    ``label_to_cat_id``.
+    ``model.meta`` (:class:`~swin_maskrcnn.modeling.meta.ModelMeta`) holds ``class_names`` (label i ->
+    name; "0".."C-1" when the file has none) and ``label_to_cat_id`` (dataset category id of each
+    label, None when unknown). The returned ``meta`` dict also gains ``label_to_cat_id``.
     """
     from ..modeling.detector import SwinMaskRCNN  # local: keeps this module importable without building models
 
@@ -148,11 +149,6 @@ def load_checkpoint(
         )
     else:
         cfg = _apply_overrides(ModelConfig.model_validate(_with_test_scale(meta)), overrides)
-    model = SwinMaskRCNN(cfg)
-    # "loss_balancer." was the learned loss weights' earlier module name
-    sd = {("learned_loss_weights." + k[len("loss_balancer."):] if k.startswith("loss_balancer.") else k): v
-          for k, v in sd.items()}
-    load_state_dict_strict(model, sd, source=str(path))
     mapping = meta.get("cat_id_to_label")
     meta["cat_id_to_label"] = None if mapping is None else {int(k): int(v) for k, v in mapping.items()}
     meta["label_to_cat_id"] = None if mapping is None else {v: k for k, v in meta["cat_id_to_label"].items()}
@@ -160,8 +156,11 @@ def load_checkpoint(
         meta["class_names"] = [str(i) for i in range(cfg.num_classes)]
     if len(meta["class_names"]) != cfg.num_classes:
         raise CheckpointError(f"{path}: {len(meta['class_names'])} class names for {cfg.num_classes} classes")
-    model.class_names = list(meta["class_names"])
-    model.label_to_cat_id = meta["label_to_cat_id"]
+    model = SwinMaskRCNN(cfg, meta=ModelMeta(list(meta["class_names"]), meta["label_to_cat_id"]))
+    # "loss_balancer." was the learned loss weights' earlier module name
+    sd = {("learned_loss_weights." + k[len("loss_balancer."):] if k.startswith("loss_balancer.") else k): v
+          for k, v in sd.items()}
+    load_state_dict_strict(model, sd, source=str(path))
     log.info("loaded %s (%s checkpoint, %s, %d classes)", path, meta["source"], cfg.variant, cfg.num_classes)
     return model.to(map_location).eval(), cfg, meta
 
@@ -170,5 +169,6 @@ def load_model(path: PathLike, map_location: Union[str, torch.device] = "cpu", *
     """A ``SwinMaskRCNN`` in eval mode from any checkpoint (see the module docstring).
 
     ``overrides`` set ModelConfig fields on top of the restored config (e.g. ``roi={"score_thr": 0.3}``).
-    ``model.class_names`` and ``model.label_to_cat_id`` hold the checkpoint's classes and dataset ids."""
+    ``model.meta`` (also ``model.class_names`` and ``model.label_to_cat_id``) holds the checkpoint's classes
+    and dataset ids."""
     return load_checkpoint(path, map_location, **overrides)[0]

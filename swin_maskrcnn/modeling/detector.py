@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .backbone.fpn import FPN
 from .loss_weighting import LearnedLossWeights
+from .meta import ModelMeta
 from .preprocess import ImageBatch, ImageLike, normalize_and_pad, resize_keep_ratio, to_chw_255
 from .postprocess import postprocess_detections
 from .roi_heads.roi_head import RoIHead
@@ -43,11 +44,16 @@ class SwinMaskRCNN(nn.Module):
     (boxes rescaled, masks pasted at that size) or else at the input image's size.
     ``images`` are (3, H, W) float RGB in [0, 1]; targets have ``boxes`` (N, 4) xyxy in the image's
     pixels, ``labels`` (N,) in 0..C-1 and ``masks`` (N, H, W).
+    ``meta`` (:class:`~swin_maskrcnn.modeling.meta.ModelMeta`): class names and dataset category ids,
+    by default "0".."C-1" and none; ``class_names`` / ``label_to_cat_id`` read it.
     """
 
-    def __init__(self, cfg: ModelConfig, sample_choice: Optional[ChoiceFn] = None) -> None:
+    def __init__(self, cfg: ModelConfig, sample_choice: Optional[ChoiceFn] = None,
+                 meta: Optional[ModelMeta] = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.meta = ModelMeta.default(cfg.num_classes) if meta is None else meta
+        self.meta.check(cfg.num_classes)
         self.backbone = SwinTransformer.from_config(cfg)
         self.neck = FPN(cfg.stage_channels(), cfg.fpn_channels)
         self.rpn_head = RPNHead(cfg.fpn_channels, cfg.rpn, cfg.losses, sample_choice)
@@ -57,6 +63,16 @@ class SwinMaskRCNN(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.cfg.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """Label i -> name (``meta.class_names``)."""
+        return self.meta.class_names
+
+    @property
+    def label_to_cat_id(self) -> Optional[dict[int, int]]:
+        """Label i -> the data set's category id, None when unknown (``meta.label_to_cat_id``)."""
+        return self.meta.label_to_cat_id
 
     def preprocess(self, images_255: Sequence[Tensor]) -> ImageBatch:
         """Normalised, zero-padded batch plus each image's (h, w) and padded (h, w)."""

@@ -75,6 +75,39 @@ def test_load_model_and_predict_import_no_training_stack(native_checkpoint):
     assert "lightning" in report["control"]  # the check does see a heavy import
 
 
+#: the predict command's path: Predictor, results formatting and the atomic JSON write; then, as a
+#: control, the evaluation module
+PREDICT_JSON_CHILD = r"""
+import json, sys
+import numpy as np
+from swin_maskrcnn.apps.predict import Predictor, to_coco_results
+from swin_maskrcnn.coco_results import save_results_json
+
+def loaded():
+    return sorted(m for m in sys.modules if m.split(".")[0] in ("pycocotools", "lightning"))
+image = np.random.default_rng(0).integers(0, 256, size=(90, 120, 3), dtype=np.uint8)
+(result,) = Predictor(sys.argv[1], device="cpu").predict([image])
+entries = to_coco_results(result, "a.png", "a.png")
+save_results_json(entries, sys.argv[2])
+report = {"modules": loaded(), "n": len(entries)}
+import swin_maskrcnn.evaluation
+report["control"] = loaded()
+print(json.dumps(report))
+"""
+
+
+def test_predict_writes_its_json_without_cocoeval(native_checkpoint, tmp_path):
+    out = tmp_path / "preds.json"
+    proc = subprocess.run([sys.executable, "-c", PREDICT_JSON_CHILD, str(native_checkpoint), str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(json.loads(out.read_text())) == report["n"]
+    assert "pycocotools.mask" in report["modules"]  # the RLE encoder, and nothing else of pycocotools
+    assert [m for m in report["modules"] if m.startswith(("pycocotools.coco", "lightning"))] == [], report
+    assert "pycocotools.cocoeval" in report["control"]
+
+
 # ------------------------------------------------------------------------------------------------
 # static rule for modeling/
 # ------------------------------------------------------------------------------------------------

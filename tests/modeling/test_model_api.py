@@ -228,3 +228,18 @@ def test_config_rejects_unknown_keys_naming_them():
         ModelConfig(losses={"rpn_cls_pos_wieght": 2.0})
     with pytest.raises(ValueError, match="num_classes"):
         ModelConfig(num_classes=0)
+
+
+def test_model_metadata_is_declared_with_defaults_and_checked():
+    from swin_maskrcnn import ModelMeta, Predictor
+
+    cfg = tiny_model_config(num_classes=3)
+    model = SwinMaskRCNN(cfg)
+    assert model.class_names == ["0", "1", "2"] and model.label_to_cat_id is None
+    # a model built in code writes results with ids label + 1 (COCO's start at 1)
+    assert Predictor(model, device="cpu").label_to_cat_id == {0: 1, 1: 2, 2: 3}
+    named = SwinMaskRCNN(cfg, meta=ModelMeta(["a", "b", "c"], {0: 7, 1: 3, 2: 9}))
+    assert named.class_names == ["a", "b", "c"]
+    assert Predictor(named, device="cpu").label_to_cat_id == {0: 7, 1: 3, 2: 9}
+    with pytest.raises(ValueError, match="2 class names for 3 classes"):
+        SwinMaskRCNN(cfg, meta=ModelMeta(["a", "b"]))
