@@ -32,9 +32,11 @@ from torch import Tensor, nn
 
 from ..modeling.config import ModelConfig
 from ..modeling.meta import ModelMeta
-from .mmdet import class_names_from_meta, infer_model_config, load_state_dict_strict, mmdet_state_dict
-from .native import FORMAT, LIGHTNING_PREFIX, META_KEY, SAFETENSORS_FORMAT, VERSION
+from .compat import upgrade_model_config, upgrade_state_dict
+from .format import FORMAT, LIGHTNING_PREFIX, META_KEY, SAFETENSORS_FORMAT, VERSION
+from .mmdet import class_names_from_meta, infer_model_config, mmdet_state_dict
 from .safe_load import CheckpointError, read_file
+from .strict import load_state_dict_strict
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,8 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
     ``meta`` has ``source`` ("native", "safetensors", "lightning" or "mmdet"), ``model_config``
     (dict; None for mmdet), ``train_config``, ``class_names`` (may be None for mmdet),
-    ``cat_id_to_label`` (None when unknown) and ``global_step``.
+    ``cat_id_to_label`` (None when unknown) and ``global_step``. Ours are upgraded to today's key
+    names (:mod:`.compat`, by the stored ``version``).
     """
     path = Path(path)
     container, content = read_file(path)
@@ -95,6 +98,10 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
         meta = {"source": "mmdet", "class_names": class_names_from_meta(mm_meta)}
     for k in _META_KEYS:
         meta.setdefault(k, None)
+    if meta["source"] != "mmdet":
+        sd = upgrade_state_dict(sd, meta.get("version"))
+        if meta["model_config"] is not None:
+            meta["model_config"] = upgrade_model_config(meta["model_config"], meta["train_config"], meta.get("version"))
     return sd, meta
 
 
@@ -115,16 +122,6 @@ def _apply_overrides(cfg: ModelConfig, overrides: Mapping[str, Any]) -> ModelCon
         else:
             data[k] = v
     return ModelConfig.model_validate(data)
-
-
-def _with_test_scale(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored model config; files written before ``model.test_scale`` existed kept it in the
-    training config's ``data.test_scale``, which is taken over."""
-    model_cfg = dict(meta["model_config"])
-    data = (meta.get("train_config") or {}).get("data") or {}
-    if "test_scale" not in model_cfg and "test_scale" in data:
-        model_cfg["test_scale"] = data["test_scale"]
-    return model_cfg
 
 
 def load_checkpoint(
@@ -148,7 +145,7 @@ def load_checkpoint(
             path, cfg.variant, cfg.num_classes, f" plus the overrides {sorted(overrides)}" if overrides else "",
         )
     else:
-        cfg = _apply_overrides(ModelConfig.model_validate(_with_test_scale(meta)), overrides)
+        cfg = _apply_overrides(ModelConfig.model_validate(meta["model_config"]), overrides)
     mapping = meta.get("cat_id_to_label")
     meta["cat_id_to_label"] = None if mapping is None else {int(k): int(v) for k, v in mapping.items()}
     meta["label_to_cat_id"] = None if mapping is None else {v: k for k, v in meta["cat_id_to_label"].items()}
@@ -157,9 +154,6 @@ def load_checkpoint(
     if len(meta["class_names"]) != cfg.num_classes:
         raise CheckpointError(f"{path}: {len(meta['class_names'])} class names for {cfg.num_classes} classes")
     model = SwinMaskRCNN(cfg, meta=ModelMeta(list(meta["class_names"]), meta["label_to_cat_id"]))
-    # "loss_balancer." was the learned loss weights' earlier module name
-    sd = {("learned_loss_weights." + k[len("loss_balancer."):] if k.startswith("loss_balancer.") else k): v
-          for k, v in sd.items()}
     load_state_dict_strict(model, sd, source=str(path))
     log.info("loaded %s (%s checkpoint, %s, %d classes)", path, meta["source"], cfg.variant, cfg.num_classes)
     return model.to(map_location).eval(), cfg, meta

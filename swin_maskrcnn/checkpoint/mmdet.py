@@ -12,7 +12,6 @@ import logging
 import re
 from typing import Any, Mapping, Optional
 
-import torch
 from torch import Tensor
 
 from ..modeling.config import SWIN_VARIANTS, LossConfig, ModelConfig
@@ -81,26 +80,6 @@ def infer_model_config(state_dict: Mapping[str, Tensor], **overrides: Any) -> Mo
     if n_anchors != expected_anchors:
         raise CheckpointError(f"rpn_cls has {n_anchors} anchors per position, the config gives {expected_anchors}")
     return cfg
-
-
-def load_state_dict_strict(model: torch.nn.Module, sd: Mapping[str, Tensor], source: str = "state_dict") -> None:
-    """Load with every key placed and every model key present; otherwise raise listing the keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shape_bad = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-    if missing or unexpected or shape_bad:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-        if shape_bad:
-            parts.append(
-                "shape mismatches: " + ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in shape_bad)
-            )
-        raise CheckpointError(f"{source}: " + "; ".join(parts))
-    model.load_state_dict(sd, strict=True)
 
 
 def mmdet_state_dict(obj: Any, source: str) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..io_utils import atomic_write
 from ..modeling.config import ModelConfig
+from .format import FORMAT, META_KEY, SAFETENSORS_FORMAT, VERSION
 from .safe_load import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -50,15 +51,6 @@ __all__ = [
     "atomic_torch_save",
     "SAFETENSORS_FORMAT",
 ]
-
-FORMAT = "swin_maskrcnn.checkpoint"
-VERSION = 1
-#: ``format`` entry of our safetensors metadata
-SAFETENSORS_FORMAT = "swin_maskrcnn.safetensors"
-#: key of our metadata inside a Lightning checkpoint
-META_KEY = "swin_maskrcnn"
-#: prefix of the SwinMaskRCNN weights inside a Lightning checkpoint's state_dict
-LIGHTNING_PREFIX = "model."
 
 PathLike = Union[str, os.PathLike]
 
@@ -125,12 +117,3 @@ def save_safetensors(path: PathLike, model: nn.Module, meta: Mapping[str, Any]) 
     out = atomic_write(path, lambda f: f.write(data), binary=True)
     log.info("saved safetensors %s (%d tensors)", out, len(tensors))
     return out
-
-
-def __getattr__(name: str) -> Any:
-    """``read_checkpoint`` / ``load_checkpoint`` moved to :mod:`.loader` (kept importable from here)."""
-    if name in ("read_checkpoint", "load_checkpoint"):
-        from . import loader
-
-        return getattr(loader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -43,6 +43,7 @@ from typing import Any, Iterable, Literal, Optional, Sequence, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ..checkpoint.compat import upgrade_no_decay_keys, upgrade_train_config
 from ..errors import ConfigError
 from ..io_utils import atomic_write
 from ..modeling.config import CompileMode, ModelConfig, StrictModel
@@ -173,8 +174,7 @@ class OptimConfig(StrictModel):
     def _keys(cls, v: list[str]) -> list[str]:
         if any(not k for k in v):
             raise ValueError("empty key (it would match every parameter)")
-        # "loss_balancer" was the learned loss weights' earlier module name
-        return ["learned_loss_weights" if k == "loss_balancer" else k for k in v]
+        return upgrade_no_decay_keys(v)
 
 
 class CollapseConfig(StrictModel):
@@ -285,10 +285,6 @@ class InitConfig(StrictModel):
     )
 
 
-def _as_pair(v: Any) -> Any:
-    return None if v is None else tuple(v)
-
-
 class TrainConfig(StrictModel):
     """A whole training run."""
 
@@ -300,25 +296,9 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _test_scale_moved_to_model(cls, data: Any) -> Any:
-        """``data.test_scale`` (older configs and checkpoints) is read as ``model.test_scale``, the one owner."""
-        if not isinstance(data, dict) or not isinstance(data.get("data"), dict) or "test_scale" not in data["data"]:
-            return data
-        data = dict(data, data=dict(data["data"]))
-        scale = data["data"].pop("test_scale")
-        model = data.get("model")
-        if isinstance(model, ModelConfig):
-            model = model.model_dump()
-        model = dict(model or {})
-        if "test_scale" in model and _as_pair(model["test_scale"]) != _as_pair(scale):
-            raise ValueError(
-                f"data.test_scale={scale} and model.test_scale={model['test_scale']} disagree; "
-                "the test scale belongs to model.test_scale (drop data.test_scale)"
-            )
-        log.warning("data.test_scale is deprecated: read as model.test_scale=%s", scale)
-        model["test_scale"] = scale
-        data["model"] = model
-        return data
+    def _older_keys(cls, data: Any) -> Any:
+        """Keys of older configs and checkpoints (``data.test_scale``) read as today's (:mod:`swin_maskrcnn.checkpoint.compat`)."""
+        return upgrade_train_config(data)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "TrainConfig":

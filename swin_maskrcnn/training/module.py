@@ -51,7 +51,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from ..checkpoint.native import META_KEY, build_meta
+from ..checkpoint.format import META_KEY
+from ..checkpoint.native import build_meta
 from ..io_utils import atomic_write, json_ready
 from ..evaluation import flatten_metrics, predict_coco_results, summarize_predictions
 from ..modeling.detector import SwinMaskRCNN

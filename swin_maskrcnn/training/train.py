@@ -53,7 +53,7 @@ from ..data.validation import require_instances
 from ..data.loader import AspectRatioGroupedBatchSampler, collate
 from ..data.transforms import build_test_transforms, build_train_transforms
 from .module import BestCheckpoint, DetectionModule, PeriodicEvaluation
-from ..checkpoint.mmdet import load_state_dict_strict
+from ..checkpoint.strict import load_state_dict_strict
 from ..checkpoint.imagenet import load_imagenet_backbone
 from ..modeling.detector import SwinMaskRCNN
 from ..modeling.acceleration import compile_dense

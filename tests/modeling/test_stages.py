@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 import swin_maskrcnn.modeling.detector as detector_module
 from swin_maskrcnn import SwinMaskRCNN, tiny_model_config
-from swin_maskrcnn.checkpoint.loader import _with_test_scale
+from swin_maskrcnn.checkpoint.compat import upgrade_model_config
 from swin_maskrcnn.modeling.config import ModelConfig
 from swin_maskrcnn.modeling.sampler import even_choice
 from swin_maskrcnn.training.config import ConfigError, config_from_dict
@@ -183,9 +183,9 @@ def test_old_checkpoints_carry_their_test_scale_into_the_model_config():
     model_cfg = tiny_model_config(num_classes=2).model_dump(mode="json")
     del model_cfg["test_scale"]
     meta = {"model_config": model_cfg, "train_config": {"data": {"test_scale": [160, 96]}}}
-    assert ModelConfig.model_validate(_with_test_scale(meta)).test_scale == (160, 96)
+    assert ModelConfig.model_validate(upgrade_model_config(meta["model_config"], meta["train_config"])).test_scale == (160, 96)
     meta["train_config"]["data"]["test_scale"] = None  # native size
-    assert ModelConfig.model_validate(_with_test_scale(meta)).test_scale is None
+    assert ModelConfig.model_validate(upgrade_model_config(meta["model_config"], meta["train_config"])).test_scale is None
     new = {"model_config": tiny_model_config(num_classes=2, test_scale=(64, 64)).model_dump(mode="json"),
            "train_config": None}
-    assert ModelConfig.model_validate(_with_test_scale(new)).test_scale == (64, 64)
+    assert ModelConfig.model_validate(upgrade_model_config(new["model_config"], new["train_config"])).test_scale == (64, 64)
