@@ -3,6 +3,7 @@ same input size, same CPU-time budget each.
 
     python benchmarks/nuclei.py                      # defaults: our split, 6 CPU-minutes per model
     python benchmarks/nuclei.py --train-ann A --train-images D --val-ann B --val-images E --minutes M --out DIR
+    python benchmarks/nuclei.py --models ours --anchors default,config,auto --minutes 6   # anchors compared
 
 Default data: a deterministic split of ``../shared/data/dsb2018_nuclei/annotations/train.json``
 (images sorted by id, every 5th -> val; 425 train / 106 val images), written once to
@@ -114,6 +115,29 @@ def _counts_by_image(results: list[dict], n_images: int) -> dict[str, float]:
             for t in SCORE_THRS}
 
 
+def anchor_variant(cfg, variant: str, train_ds) -> tuple[Any, dict]:
+    """(config with the variant's anchors, what they are and their fit to the training boxes)."""
+    from swin_maskrcnn.diagnostics.anchor_fit import fit_anchors
+
+    rpn = cfg.model.rpn
+    if variant == "config":
+        scales, ratios = list(rpn.anchor_scales), list(rpn.anchor_ratios)
+    elif variant == "default":
+        scales, ratios = [8.0], [0.5, 1.0, 2.0]
+    elif variant == "auto":
+        fit = fit_anchors(train_ds, cfg.model, data_cfg=cfg.data)
+        scales, ratios = fit.suggested.anchor_scales, fit.suggested.anchor_ratios
+    else:
+        raise SystemExit(f"unknown anchor variant {variant!r} (config, default, auto)")
+    vcfg = cfg.model_copy(deep=True)
+    vcfg.model.rpn.anchor_scales, vcfg.model.rpn.anchor_ratios = list(scales), list(ratios)
+    fit = fit_anchors(train_ds, vcfg.model, data_cfg=cfg.data, search=False)
+    info = {"anchor_scales": scales, "anchor_ratios": ratios, **{k: v for k, v in fit.current.as_dict().items()
+                                                                 if k in ("bpr", "bpr_min_pos", "unmatched")}}
+    print(f"anchors {variant}: {info}", flush=True)
+    return vcfg, info
+
+
 # ------------------------------------------------------------------------------------------------
 # peer
 # ------------------------------------------------------------------------------------------------
@@ -177,14 +201,14 @@ def run_peer(cfg, train_ds, val_ds, budget_cpu_s: float, seed: int = 0,
 
 # ------------------------------------------------------------------------------------------------
 def fmt_table(rows: dict[str, dict]) -> str:
-    head = (f"{'model':<8} {'steps':>6} {'train CPU s':>11} {'wall s':>7} | {'bbox AP':>7} {'AP50':>6} {'AP75':>6} | "
+    head = (f"{'model':<14} {'steps':>6} {'train CPU s':>11} {'wall s':>7} | {'bbox AP':>7} {'AP50':>6} {'AP75':>6} | "
             f"{'segm AP':>7} {'AP50':>6} {'AP75':>6} | preds/img >=0.05 / >=0.5")
     lines = [head, "-" * len(head)]
     for name, r in rows.items():
         b, s = r["metrics"]["bbox"], r["metrics"]["segm"]
         p = r["preds_per_image"]
         lines.append(
-            f"{name:<8} {r['train']['steps']:>6} {r['train']['cpu_s']:>11.0f} {r['train']['wall_s']:>7.0f} | "
+            f"{name:<14} {r['train']['steps']:>6} {r['train']['cpu_s']:>11.0f} {r['train']['wall_s']:>7.0f} | "
             f"{b['AP']:>7.4f} {b['AP50']:>6.4f} {b['AP75']:>6.4f} | {s['AP']:>7.4f} {s['AP50']:>6.4f} {s['AP75']:>6.4f} | "
             f"{p['score>=0.05']:.1f} / {p['score>=0.5']:.1f}")
     return "\n".join(lines)
@@ -204,6 +228,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-val-images", type=int, default=None)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (dotted keys)")
+    ap.add_argument("--anchors", default=None,
+                    help="comma list of anchor variants to train ours with, each its own run on the same budget: "
+                         "config (the config's, nuclei.yaml's hand-picked scale 2), default (mmdet's scale 8), "
+                         "auto (fitted to the training split, as model.rpn.auto_anchors); results ours-<variant>")
     args = ap.parse_args(argv)
 
     common.set_threads(args.threads)
@@ -234,10 +262,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "results": {},
     }
+    runs: list[tuple[str, Any]] = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        if name == "ours" and args.anchors:
+            for variant in [v.strip() for v in args.anchors.split(",") if v.strip()]:
+                vcfg, info = anchor_variant(cfg, variant, train_ds)
+                summary.setdefault("anchors", {})[f"ours-{variant}"] = info
+                runs.append((f"ours-{variant}", vcfg))
+        else:
+            runs.append((name, cfg))
+    for name, run_cfg in runs:
         print(f"=== {name}: {budget:.0f} CPU-s, load {common.load_avg()}", flush=True)
-        if name == "ours":
-            res, results = run_ours(cfg, train_ds, val_ds, budget, seed=args.seed, max_val_images=args.max_val_images)
+        if name.startswith("ours"):
+            res, results = run_ours(run_cfg, train_ds, val_ds, budget, name=name, seed=args.seed,
+                                    max_val_images=args.max_val_images)
         elif name == "peer":
             res, results = run_peer(cfg, train_ds, val_ds, budget, seed=args.seed, max_val_images=args.max_val_images)
         else:

@@ -8,8 +8,9 @@
     swin-maskrcnn predict --checkpoint CKPT --out preds.json [--viz DIR] IMAGE_OR_DIR...
     swin-maskrcnn export --format safetensors --checkpoint CKPT --out model.safetensors
     swin-maskrcnn demo [--out demo_out]
+    swin-maskrcnn inspect --config CFG [key=value ...] --out DIR [--split train|val|both] [--gallery N]
 
-Each subcommand is a module of ``swin_maskrcnn.apps`` (``train``, ``evaluate``, ``predict``, ``export``,
+Each subcommand is a module of ``swin_maskrcnn.apps`` (``train``, ``evaluate``, ``predict``, ``inspect``, ``export``,
 ``demo``) whose ``register_subcommand(subparsers)`` adds its parser with ``set_defaults(func=handler)``,
 where ``handler(args) -> int`` returns the exit code.
 
@@ -27,7 +28,7 @@ from ..errors import InputError
 from ..io_utils import OutputWriteError
 from ..runtime import keep_freed_memory
 from ..training.nonfinite import NonFiniteTrainingError
-from . import demo, evaluate, export, predict, train
+from . import demo, evaluate, export, inspect, predict, train
 
 log = logging.getLogger("swin_maskrcnn.apps.cli")
 
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "page faults on every large tensor; for train and demo the same as the override "
                         "runtime.keep_freed_memory=false; see swin_maskrcnn.runtime)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (train, evaluate, predict, export, demo):
+    for command in (train, evaluate, predict, inspect, export, demo):
         command.register_subcommand(sub)
     return parser
 
