@@ -110,11 +110,12 @@ class SwinMaskRCNN(nn.Module):
         images_255: list[Tensor],
         targets: Optional[Sequence[dict[str, Tensor]]],
         original_sizes: Optional[Sequence[tuple[int, int]]],
+        paste: bool = True,
     ) -> tuple[list[dict[str, Tensor]], LossDict, StatDict]:
         """preprocess -> backbone -> neck -> rpn -> roi_heads -> postprocess, in either mode.
 
         Eval mode runs without autograd and returns detections (losses and stats empty); training
-        returns no detections.
+        returns no detections. ``paste=False`` skips postprocess (see :meth:`detect_raw`).
         """
         with contextlib.nullcontext() if self.training else torch.no_grad():
             batch = self.preprocess(images_255)
@@ -122,7 +123,7 @@ class SwinMaskRCNN(nn.Module):
             gt_boxes = None if targets is None else [t["boxes"].float().to(batch.tensor.device) for t in targets]
             proposals, rpn_losses, rpn_stats = self.rpn_head(feats, batch.image_sizes, batch.pad_shapes, gt_boxes)
             detections, roi_losses, roi_stats = self.roi_head(feats, proposals, batch.image_sizes, targets)
-            if not self.training:
+            if not self.training and paste:
                 detections = self.postprocess(detections, batch.image_sizes, original_sizes)
         return detections, {**rpn_losses, **roi_losses}, {**rpn_stats, **roi_stats}
 
@@ -142,6 +143,16 @@ class SwinMaskRCNN(nn.Module):
             postprocess_detections(d["boxes"], d["scores"], d["labels"], d["mask_probs"], in_hw, out_hw, thr)
             for d, in_hw, out_hw in zip(detections, image_sizes, out_sizes)
         ]
+
+    @torch.no_grad()
+    def detect_raw(self, images_255: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        """Eval-mode detections before postprocess, for callers that place masks themselves (sliced
+        prediction): per image ``boxes`` (K, 4) in the input image's pixels, ``scores``, ``labels`` and
+        ``mask_probs`` (K, M, M), the mask probabilities of each detection's class over its box.
+        ``images_255`` are (3, H, W) float 0..255 tensors fed as they are (no resize)."""
+        if self.training:
+            raise RuntimeError("detect_raw needs eval mode (model.eval())")
+        return self._run(list(images_255), None, None, paste=False)[0]
 
     @staticmethod
     def _inputs(images: Sequence[ImageLike]) -> list[Tensor]:
