@@ -56,6 +56,9 @@ def register_subcommand(sub: Any) -> None:
     p.add_argument("--bad-images", choices=["error", "skip"], default="error",
                    help="images that are missing, unreadable or not of the JSON's size: stop with an error naming "
                         "them, or leave them out of the evaluation (logged)")
+    from ..inference import options
+
+    options.add_arguments(p)  # --slice ... / --tta: evaluated at the images' full resolution
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -69,7 +72,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..io_utils import atomic_write, json_ready
     from ..modeling.acceleration import compile_dense
 
+    from ..inference import options
+
     roi = roi_overrides(args)
+    slicing, tta = options.from_args(args)
     if args.max_images is not None and args.max_images < 1:
         raise ConfigError(f"--max-images must be >= 1, got {args.max_images}")
     # the data first: its start-up checks are cheap and name the broken file before a model is loaded
@@ -107,11 +113,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if mapping is None:
         log.warning("%s stores no category mapping: label i is taken as the i-th category of %s by id",
                     args.checkpoint, args.ann)
-    metrics, results = evaluate_model(
-        model, dataset, batch_size=args.batch_size, max_images=args.max_images,
-        max_dets=tuple(args.max_dets), progress=not args.no_progress, score_thr=float(cfg.roi.score_thr),
-        precision=args.precision,
-    )
+    if slicing is not None or tta is not None:
+        from ..evaluation import summarize_predictions
+        from ..inference.evaluation import predict_coco_results_large
+
+        n = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
+        results, image_ids, counts = predict_coco_results_large(
+            model, dataset, range(n), slicing, tta, test_scale=scale, precision=args.precision,
+            progress=not args.no_progress, score_thr=float(cfg.roi.score_thr))
+        metrics = summarize_predictions(dataset, results, image_ids, counts, max_dets=tuple(args.max_dets))
+    else:
+        metrics, results = evaluate_model(
+            model, dataset, batch_size=args.batch_size, max_images=args.max_images,
+            max_dets=tuple(args.max_dets), progress=not args.no_progress, score_thr=float(cfg.roi.score_thr),
+            precision=args.precision,
+        )
     metrics = {"checkpoint": str(args.checkpoint), "ann": str(args.ann), **metrics}
     if args.out:
         text = json.dumps(json_ready(metrics), indent=1)

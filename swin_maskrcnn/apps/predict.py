@@ -85,6 +85,13 @@ class Predictor:
     :meth:`predict` returns, per image, ``boxes`` (K, 4) xyxy float32 in the original image's pixels,
     ``scores`` (K,), ``labels`` (K,) in 0..C-1, ``masks`` (K, H, W) bool, ``category_ids`` (K,) (the
     dataset's ids, else label + 1), ``class_names`` (K names) and ``image`` (the path, or None).
+
+    ``slicing`` (:class:`~swin_maskrcnn.inference.SliceConfig`) and / or ``tta``
+    (:class:`~swin_maskrcnn.inference.TTAConfig`) predict large images by tiles and / or augmented
+    views (docs/large_images.md); results then hold the masks as box-sized crops instead of
+    ``masks``: ``mask_crops`` (K bool tensors) at ``mask_windows`` (K, 4) ``[x0, y0, x1, y1)``, and
+    ``image_size`` (h, w) (:func:`~swin_maskrcnn.inference.crops_to_dense` makes dense masks when the
+    image is small). ``progress`` shows a bar over each image's tiles.
     """
 
     def __init__(
@@ -93,6 +100,9 @@ class Predictor:
         device: Optional[Union[str, torch.device]] = None,
         batch_size: int = 1,
         scale: Union[str, tuple[int, int], None] = "model",
+        slicing: Any = None,
+        tta: Any = None,
+        progress: bool = False,
         **overrides: Any,
     ) -> None:
         if batch_size < 1:
@@ -110,6 +120,7 @@ class Predictor:
         self.device = default_device(device)
         self.model = model.to(self.device).eval()
         self.batch_size = int(batch_size)
+        self.slicing, self.tta, self.progress = slicing, tta, bool(progress)
         if isinstance(scale, str):
             if scale != "model":
                 raise ValueError(f"scale must be 'model', a (long, short) pair or None, got {scale!r}")
@@ -130,12 +141,29 @@ class Predictor:
             return pil_to_rgb_uint8(ImageOps.exif_transpose(item)), None
         raise TypeError(f"expected an image path, array, tensor or PIL image, got {type(item).__name__}")
 
+    def _run_large(self, images: list[Union[np.ndarray, Tensor]]) -> list[dict[str, Any]]:
+        """Sliced and / or augmented prediction, one image at a time (masks as crops)."""
+        from ..inference import predict_instances
+
+        outs = []
+        for im in images:
+            inst = predict_instances(self.model, im, self.slicing, self.tta, test_scale=self.scale,
+                                     progress=self.progress)
+            thr = float(self.model.cfg.roi.mask_thr)
+            size = (int(im.shape[0]), int(im.shape[1])) if isinstance(im, np.ndarray) else (int(im.shape[1]), int(im.shape[2]))
+            outs.append({"boxes": inst.boxes, "scores": inst.scores, "labels": inst.labels,
+                         "mask_crops": inst.binary_crops(thr), "mask_windows": inst.windows, "image_size": size})
+        return outs
+
     def _run(self, images: list[Union[np.ndarray, Tensor]], names: list[Optional[str]],
              keep_images: bool = False) -> list[dict[str, Any]]:
-        outs = self.model.predict(images, resize=self.scale is not None, scale=self.scale)
+        if self.slicing is not None or self.tta is not None:
+            outs = self._run_large(images)
+        else:
+            outs = self.model.predict(images, resize=self.scale is not None, scale=self.scale)
         results = []
         for out, name, arr in zip(outs, names, images):
-            r = {k: v.detach().cpu() for k, v in out.items()}
+            r = {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in out.items()}
             labels = r["labels"].tolist()
             r["category_ids"] = torch.tensor([self.label_to_cat_id[lab] for lab in labels], dtype=torch.int64)
             r["class_names"] = [self.class_names[lab] for lab in labels]
@@ -191,6 +219,12 @@ def to_coco_results(result: dict[str, Any], image: Optional[str] = None, file_na
 
     entries = detection_results(result["boxes"], result["scores"], result["category_ids"], result.get("masks"),
                                 where=image or "image")
+    if "mask_crops" in result:  # sliced / TTA results: each RLE from its crop, no full-image mask
+        from ..inference import crop_rle
+
+        h, w = result["image_size"]
+        for e, crop, win in zip(entries, result["mask_crops"], result["mask_windows"].tolist()):
+            e["segmentation"] = crop_rle(crop, win, h, w)
     head = {}
     if image is not None:
         head["image"] = image
@@ -223,6 +257,9 @@ def register_subcommand(sub: Any) -> None:
                       help="keep-ratio test resize (default: the checkpoint's test scale)")
     size.add_argument("--no-resize", action="store_true", help="feed images at their own size")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ..inference import options
+
+    options.add_arguments(p)
     p.set_defaults(func=_cmd_predict)
 
 
@@ -240,10 +277,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..coco_results import save_results_json
+
     roi = roi_overrides(args)
     scale: Union[str, tuple[int, int], None] = None if args.no_resize else (tuple(args.scale) if args.scale else "model")
+    from ..inference import options
+
+    slicing, tta = options.from_args(args)
     predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, scale=scale,
-                          **({"roi": roi} if roi else {}))
+                          slicing=slicing, tta=tta, progress=not args.no_progress, **({"roi": roi} if roi else {}))
     sources, errors = collect_images(args.inputs)
     for line in errors:
         print(f"swin-maskrcnn predict: error: {line}", file=sys.stderr)
@@ -274,6 +315,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _write_viz(predictor: Predictor, result: dict[str, Any], path: Path) -> None:
     from .visualize import draw_detections, save_png
 
+    if "mask_crops" in result:  # sliced / TTA: full resolution, downscaled when huge
+        from ..inference.sliced import as_uint8_chw
+        from ..inference.viz import draw_crops
+
+        save_png(draw_crops(as_uint8_chw(result["image_array"]), result["boxes"], result["labels"],
+                            predictor.class_names, result["mask_crops"], result["mask_windows"], result["scores"]), path)
+        return
     picture = draw_detections(result["image_array"], result["boxes"], result["labels"], predictor.class_names,
                               masks=result["masks"], scores=result["scores"])
     save_png(picture, path)

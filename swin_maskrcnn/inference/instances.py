@@ -32,8 +32,10 @@ __all__ = ["Instances", "paste_crops", "crop_rle", "crops_to_dense"]
 class Instances:
     """K detections of one image: ``boxes`` (K, 4) xyxy float32 image pixels, ``scores`` (K,),
     ``labels`` (K,) int64, ``windows`` (K, 4) int64 ``[x0, y0, x1, y1)``, ``crops`` K float32
-    probability maps of each window's shape, and ``cut`` (K,) bool: the detection touches a tile
-    border inside the image, so it may be a part of an object (merging prefers uncut members)."""
+    probability maps of each window's shape, ``cut`` (K,) bool: the detection touches a tile
+    border inside the image, so it may be a part of an object (merging prefers uncut members), and
+    ``source`` (K,) int64: the tile or view it came from (merging never matches two detections of
+    one source: the model's own NMS already chose between them)."""
 
     boxes: Tensor
     scores: Tensor
@@ -41,12 +43,16 @@ class Instances:
     windows: Tensor
     crops: list[Tensor]
     cut: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    source: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
     def __post_init__(self) -> None:
         k = int(self.boxes.shape[0])
         if self.cut.numel() == 0 and k:
             self.cut = torch.zeros(k, dtype=torch.bool)
-        if not (len(self.scores) == len(self.labels) == len(self.windows) == len(self.crops) == len(self.cut) == k):
+        if self.source.numel() == 0 and k:
+            self.source = torch.arange(k, dtype=torch.int64)  # by default every detection its own source
+        if not (len(self.scores) == len(self.labels) == len(self.windows) == len(self.crops) == len(self.cut)
+                == len(self.source) == k):
             raise ValueError(f"Instances: {k} boxes, {len(self.scores)} scores, {len(self.labels)} labels, "
                              f"{len(self.windows)} windows, {len(self.crops)} crops, {len(self.cut)} cut flags")
 
@@ -56,7 +62,8 @@ class Instances:
     @staticmethod
     def empty() -> "Instances":
         return Instances(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64),
-                         torch.zeros(0, 4, dtype=torch.int64), [], torch.zeros(0, dtype=torch.bool))
+                         torch.zeros(0, 4, dtype=torch.int64), [], torch.zeros(0, dtype=torch.bool),
+                         torch.zeros(0, dtype=torch.int64))
 
     @staticmethod
     def cat(parts: Sequence["Instances"]) -> "Instances":
@@ -65,12 +72,18 @@ class Instances:
             return Instances.empty()
         return Instances(torch.cat([p.boxes for p in parts]), torch.cat([p.scores for p in parts]),
                          torch.cat([p.labels for p in parts]), torch.cat([p.windows for p in parts]),
-                         [c for p in parts for c in p.crops], torch.cat([p.cut for p in parts]))
+                         [c for p in parts for c in p.crops], torch.cat([p.cut for p in parts]),
+                         torch.cat([p.source for p in parts]))
 
     def select(self, index: Sequence[int]) -> "Instances":
         idx = torch.as_tensor(list(index), dtype=torch.int64)
         return Instances(self.boxes[idx], self.scores[idx], self.labels[idx], self.windows[idx],
-                         [self.crops[i] for i in idx.tolist()], self.cut[idx])
+                         [self.crops[i] for i in idx.tolist()], self.cut[idx], self.source[idx])
+
+    def with_source(self, source: int) -> "Instances":
+        """The same detections, all from ``source``."""
+        return Instances(self.boxes, self.scores, self.labels, self.windows, self.crops, self.cut,
+                         torch.full((len(self),), int(source), dtype=torch.int64))
 
     def binary_crops(self, threshold: float) -> list[Tensor]:
         """Each crop thresholded (``>=``, as the model's mask threshold)."""

@@ -1,7 +1,8 @@
 """Merging detections of the same object seen in several tiles or augmented views, by their masks.
 
-Two detections match when their masks' IoU, or IoS (intersection over the smaller mask), is at least
-the threshold, and (unless class-agnostic) they have the same label. Masks are compared on their
+Two detections match when they come from different tiles or views (the model's own NMS already
+chose between the detections of one tile), their masks' IoU, or IoS (intersection over the smaller
+mask), is at least the threshold, and (unless class-agnostic) they have the same label. Masks are compared on their
 crops (:class:`~swin_maskrcnn.inference.instances.Instances`), only for pairs whose windows overlap,
 found by a sweep over the windows sorted by x, so the cost grows with the detections and their
 neighbours, not with the image.
@@ -53,6 +54,9 @@ def match_pairs(inst: Instances, threshold: float, metric: str, class_agnostic: 
     """(i, j, value) of the detection pairs whose mask ``metric`` ('iou' or 'ios') is >= ``threshold``."""
     windows = inst.windows.numpy().astype(np.int64)
     i, j = _overlapping_pairs(windows)
+    src = inst.source.numpy()
+    other = src[i] != src[j]
+    i, j = i[other], j[other]
     if not class_agnostic and len(i):
         labels = inst.labels.numpy()
         same = labels[i] == labels[j]
@@ -144,8 +148,9 @@ def merge_instances(inst: Instances, mode: str = "nmm", threshold: float = 0.5, 
                 crops.append(torch.stack(placed).mean(0))
             out_windows.append(union)
             cuts.append(bool(cut[g].all()))
+        leads = [g[0] for g in groups]
         kept = Instances(torch.stack(boxes).float(), torch.tensor(out_scores, dtype=torch.float32),
-                         inst.labels[[g[0] for g in groups]], torch.tensor(out_windows, dtype=torch.int64),
-                         crops, torch.tensor(cuts, dtype=torch.bool))
+                         inst.labels[leads], torch.tensor(out_windows, dtype=torch.int64),
+                         crops, torch.tensor(cuts, dtype=torch.bool), inst.source[leads])
     order_out = torch.argsort(kept.scores, descending=True, stable=True)
     return kept.select(order_out.tolist())

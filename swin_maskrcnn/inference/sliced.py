@@ -117,9 +117,10 @@ def _sliced_view(model: Any, view_image: Tensor, image_hw: tuple[int, int], view
     for start in range(0, len(tiles), cfg.batch):
         batch = tiles[start : start + cfg.batch]
         outs = _run_model(model, [_tile_pixels(view_image, vw, t, view.hflip) for t in batch], precision)
-        for t, out in zip(batch, outs):
+        for n, (t, out) in enumerate(zip(batch, outs)):
             inner = (t.x0 > 0, t.y0 > 0, t.x1 < vw, t.y1 < vh)
-            parts.append(_to_image(out, (vh, vw), image_hw, view.hflip, (t.x0, t.y0), tuple(t), inner))
+            inst = _to_image(out, (vh, vw), image_hw, view.hflip, (t.x0, t.y0), tuple(t), inner)
+            parts.append(inst.with_source(start + n))
         if bar is not None:
             bar.update(len(batch))
     return Instances.cat(parts)
@@ -181,7 +182,8 @@ def predict_instances(
             vimg = img if v.scale == 1.0 else _resize(img, max(1, round(h * v.scale)), max(1, round(w * v.scale)))
             inst = _sliced_view(model, vimg, (h, w), v, slicing, precision, bar)
             if slicing.with_full_image:
-                inst = Instances.cat([inst, _resized_view(model, img, (h, w), scale, 1.0, v.hflip, precision)])
+                full = _resized_view(model, img, (h, w), scale, 1.0, v.hflip, precision).with_source(-1)
+                inst = Instances.cat([inst, full])
             per_view.append(merge_instances(inst, slicing.merge, slicing.merge_iou, slicing.merge_metric,
                                             slicing.class_agnostic, mask_thr))
     finally:
@@ -190,5 +192,5 @@ def predict_instances(
     if len(per_view) == 1:
         return per_view[0]
     assert tta is not None
-    return merge_instances(Instances.cat(per_view), "fuse", tta.merge_iou, tta.merge_metric,
+    return merge_instances(Instances.cat([p.with_source(n) for n, p in enumerate(per_view)]), "fuse", tta.merge_iou, tta.merge_metric,
                            slicing.class_agnostic if slicing is not None else False, mask_thr, views=len(views))

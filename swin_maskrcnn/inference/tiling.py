@@ -16,14 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ..errors import ConfigError
+
 __all__ = ["SliceConfig", "SliceConfigError", "Tile", "tile_starts", "tile_grid"]
 
 MERGE_MODES = ("nms", "nmm")
 MERGE_METRICS = ("iou", "ios")
 
 
-class SliceConfigError(ValueError):
-    """An invalid slicing or merging setting (the message names the option)."""
+class SliceConfigError(ConfigError):
+    """An invalid slicing or merging setting (the message names the option; the CLI prints it in one line)."""
 
 
 @dataclass(frozen=True)

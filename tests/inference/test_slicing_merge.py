@@ -170,11 +170,15 @@ def test_class_aware_merge_keeps_touching_objects_of_different_classes_apart():
     square = np.ones((20, 20), dtype=bool)
     canvas, gt = paint_canvas(h, w, [(square, 40, 20, 0), (square, 60, 20, 1)])  # touching at x = 60
     cfg = dict(height=64, width=64, overlap=0.5, merge_iou=0.2)
-    model = StandIn(dilate=3)  # masks bleed 3 px: the two masks overlap by 6 px (IoS 0.23)
+    model = StandIn(dilate=3)  # masks bleed 3 px: the two objects' masks overlap by 6 px (IoS 0.23)
     aware = predict_instances(model, canvas, SliceConfig(**cfg))
     assert sorted(aware.labels.tolist()) == [0, 1]
-    agnostic = predict_instances(model, canvas, SliceConfig(**cfg, class_agnostic=True))
-    assert len(agnostic) == 1  # the control: without the class check they are one object
+    assert sorted(aware.boxes.tolist()) == [[37.0, 17.0, 63.0, 43.0], [57.0, 17.0, 83.0, 43.0]]
+    # the same two detections from two tiles, merged with and without the class check
+    a, b = aware.select([0]).with_source(0), aware.select([1]).with_source(1)
+    pair = Instances.cat([a, b])
+    assert len(merge_instances(pair, "nmm", 0.2, "ios")) == 2
+    assert len(merge_instances(pair, "nmm", 0.2, "ios", class_agnostic=True)) == 1  # the control
 
 
 def test_merge_of_nothing_and_of_disjoint_detections():
