@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import StandIn, paint_canvas, random_objects
+from standin_detector import StandIn, paint_canvas, random_objects
 
 from swin_maskrcnn.inference import (Instances, SliceConfig, SliceConfigError, crop_rle, crops_to_dense,
                                      merge_instances, paste_crops, predict_instances, tile_grid, tile_starts)

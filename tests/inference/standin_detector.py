@@ -9,7 +9,6 @@ from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -100,7 +99,3 @@ def random_objects(h: int, w: int, n: int, sizes: tuple[int, int], seed: int, nu
         objs.append((m, x, y, int(rng.integers(0, num_labels))))
     return objs
 
-
-@pytest.fixture
-def standin():
-    return StandIn
