@@ -1,7 +1,12 @@
 """Predictions on image files: :class:`Predictor` (Python) and ``swin-maskrcnn predict`` (command line).
 
     swin-maskrcnn predict --checkpoint CKPT --out preds.json [--viz DIR] [--score-thr T]
-        [--max-per-img N] [--batch-size B] [--device D] [--scale LONG SHORT | --no-resize] IMAGE_OR_DIR...
+        [--max-per-img N] [--batch-size B] [--device D] [--scale LONG SHORT | --no-resize]
+        [--slice H W [--overlap R] [--slice-batch B] [--with-full-image] [--merge nms|nmm] [--merge-iou T]
+        [--merge-metric iou|ios] [--class-agnostic-merge]] [--tta] [--tta-scales F ...] IMAGE_OR_DIR...
+
+With ``--slice`` / ``--tta`` images are predicted by tiles / augmented views and merged
+(:mod:`swin_maskrcnn.inference`, docs/large_images.md).
 
 ``CKPT`` is any file :func:`swin_maskrcnn.load_model` reads. Folders are searched recursively for
 :data:`~swin_maskrcnn.data.images.IMAGE_EXTENSIONS`; images are read as in training
