@@ -257,7 +257,9 @@ def build_report(
                 f"with anchor_scales {cur.anchor_scales} and ratios {cur.anchor_ratios}, {cur.bpr:.1%} of the {n} boxes "
                 f"have an anchor at IoU >= {anchor_fit.pos_iou_thr} (bpr) and {cur.unmatched} have none at "
                 f">= {anchor_fit.min_pos_iou} (no positive anchor at all); the suggested anchors reach bpr {sug.bpr:.1%} "
-                f"with {sug.unmatched} unmatched",
+                f"with {sug.unmatched} unmatched"
+                + (f" (more boxes without a positive anchor than now: the small ones lose theirs; compare the per-size "
+                   "table before switching)" if sug.unmatched > cur.unmatched else ""),
                 anchor_fit.override_line() + " (or model.rpn.auto_anchors=true)",
                 "error" if cur.unmatched > 0.1 * n else "warning"))
     order = {"error": 0, "warning": 1, "info": 2}

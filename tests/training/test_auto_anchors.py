@@ -94,3 +94,24 @@ def test_nuclei_config_uses_max_instances():
     cfg = load_config(REPO / "configs" / "nuclei.yaml")
     assert cfg.model.max_instances == 400 and cfg.model.roi.max_per_img == 400
     assert cfg.model.rpn.max_per_img_test == 2000
+
+
+def test_evaluate_uses_max_instances_as_the_largest_max_dets(tmp_path, capsys):
+    import json
+
+    from conftest import make_tiny_coco
+    from swin_maskrcnn import SwinMaskRCNN
+    from swin_maskrcnn.apps.cli import main
+    from swin_maskrcnn.checkpoint.native import save_checkpoint
+
+    ann, imgs = make_tiny_coco(tmp_path / "data", n_images=2)
+    cfg = tiny_model_config(num_classes=2, max_instances=150, test_scale=(128, 128))
+    ck = save_checkpoint(tmp_path / "m.pt", SwinMaskRCNN(cfg), cfg, ["rect", "ellipse"], {3: 0, 7: 1})
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--checkpoint", str(ck), "--ann", str(ann), "--images", str(imgs), "--out", str(out),
+                 "--no-progress", "--device", "cpu"]) == 0
+    metrics = json.loads(out.read_text())
+    assert {"AR@1", "AR@100", "AR@150"} <= set(metrics["bbox"]) and "AR@10" not in metrics["bbox"]
+    assert main(["evaluate", "--checkpoint", str(ck), "--ann", str(ann), "--images", str(imgs), "--out", str(out),
+                 "--no-progress", "--device", "cpu", "--max-dets", "1", "10", "100"]) == 0  # explicit wins
+    assert "AR@10" in json.loads(out.read_text())["bbox"]
