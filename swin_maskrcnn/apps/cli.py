@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..io_utils import OutputWriteError
 from ..runtime import keep_freed_memory
 from ..training.nonfinite import NonFiniteTrainingError
-from . import demo, evaluate, export, inspect, predict, train
+from . import analyze, demo, evaluate, export, inspect, predict, train
 
 log = logging.getLogger("swin_maskrcnn.apps.cli")
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "page faults on every large tensor; for train and demo the same as the override "
                         "runtime.keep_freed_memory=false; see swin_maskrcnn.runtime)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (train, evaluate, predict, inspect, export, demo):
+    for command in (train, evaluate, predict, inspect, export, demo, analyze):
         command.register_subcommand(sub)
     return parser
 

@@ -20,12 +20,13 @@ log = logging.getLogger(__name__)
 __all__ = ["export_safetensors", "register_subcommand"]
 
 
-def export_safetensors(checkpoint: Any, out: Any) -> Path:
-    """Write ``checkpoint`` (any format ``load_model`` reads) as our safetensors file; returns the path."""
+def export_safetensors(checkpoint: Any, out: Any, **overrides: Any) -> Path:
+    """Write ``checkpoint`` (any format ``load_model`` reads) as our safetensors file; returns the path.
+    ``overrides`` (e.g. ``roi={"score_thr_per_class": {...}}``) change the stored model config."""
     from ..checkpoint.loader import load_checkpoint
     from ..checkpoint.native import build_meta, save_safetensors
 
-    model, cfg, meta = load_checkpoint(checkpoint)
+    model, cfg, meta = load_checkpoint(checkpoint, **overrides)
     out_meta = build_meta(cfg, meta["class_names"], meta["cat_id_to_label"], meta.get("global_step"))
     out_meta["train_config"] = meta.get("train_config")
     return save_safetensors(out, model, out_meta)
@@ -49,7 +50,23 @@ def _onnx_unavailable(e: ImportError) -> OnnxUnavailable:
     )
 
 
-def _export_onnx(checkpoint: str, out: str, opset: Optional[int]) -> Path:
+def thresholds_from_analysis(path: Any) -> dict[str, float]:
+    """``{class name: score}`` of an ``analyze`` output's ``thresholds.per_class``."""
+    import json
+
+    from ..training.config import ConfigError
+
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            per_class = json.load(f)["thresholds"]["per_class"]
+        return {str(k): float(v["score"]) for k, v in per_class.items()}
+    except FileNotFoundError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not an analysis.json with thresholds.per_class ({type(e).__name__}: {e})") from None
+
+
+def _export_onnx(checkpoint: str, out: str, opset: Optional[int], **overrides: Any) -> Path:
     """``export_onnx(model, out, opset=...)`` of :mod:`swin_maskrcnn.apps.onnx_export` on the loaded checkpoint."""
     try:
         from .onnx_export import export_onnx
@@ -59,7 +76,7 @@ def _export_onnx(checkpoint: str, out: str, opset: Optional[int]) -> Path:
         raise _onnx_unavailable(e) from None
     from ..checkpoint.loader import load_model
 
-    model = load_model(checkpoint)
+    model = load_model(checkpoint, **overrides)
     kwargs = {} if opset is None else {"opset": opset}
     try:
         written = export_onnx(model, out, **kwargs)
@@ -87,19 +104,24 @@ def register_subcommand(sub: Any) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file to export")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (onnx only; default: the exporter's)")
+    p.add_argument("--thresholds", metavar="ANALYSIS_JSON", default=None,
+                   help="store the per-class thresholds of 'analyze' (its analysis.json) as roi.score_thr_per_class")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
 
+    overrides: dict[str, Any] = {}
+    if args.thresholds:
+        overrides["roi"] = {"score_thr_per_class": thresholds_from_analysis(args.thresholds)}
     if args.format == "safetensors":
         if args.opset is not None:
             raise ConfigError("--opset applies to --format onnx only")
-        path = export_safetensors(args.checkpoint, args.out)
+        path = export_safetensors(args.checkpoint, args.out, **overrides)
     else:
         try:
-            path = _export_onnx(args.checkpoint, args.out, args.opset)
+            path = _export_onnx(args.checkpoint, args.out, args.opset, **overrides)
         except (OnnxUnavailable, OnnxArgumentError) as e:
             raise ConfigError(str(e)) from None
     print(f"wrote {path}")

@@ -171,7 +171,9 @@ class OnnxDetector(nn.Module):
         det = bbox_head.coder.decode(
             proposals[:, None, :].expand(kp, nc, 4).reshape(-1, 4), bbox_pred.reshape(-1, 4), max_shape=img_shape
         ).view(kp, nc, 4)
-        masked = torch.where(fg > rcfg.score_thr, fg, torch.full_like(fg, _EXCLUDED))
+        thrs = m.score_thresholds()  # roi.score_thr_per_class, baked into the graph as a constant
+        keep = fg > rcfg.score_thr if thrs is None else fg >= thrs.to(fg)[None, :]
+        masked = torch.where(keep, fg, torch.full_like(fg, _EXCLUDED))
         sel = _ClassNMS.apply(det.transpose(0, 1), masked.t()[:, None, :], float(rcfg.nms_iou))
         label, box = sel[:, 0], sel[:, 2]
         flat = box * nc + label  # the eager path's (box, class) order
@@ -208,6 +210,7 @@ def export_metadata(model: SwinMaskRCNN) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "mask_thr": model.cfg.roi.mask_thr,
         "score_thr": model.cfg.roi.score_thr,
+        "score_thr_per_class": dict(model.cfg.roi.score_thr_per_class),
         "num_classes": model.cfg.num_classes,
         "model_config": model.cfg.model_dump(mode="json"),
     }

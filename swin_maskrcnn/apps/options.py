@@ -20,7 +20,8 @@ __all__ = ["add_inference_arguments", "roi_overrides", "default_device"]
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     """``--score-thr``, ``--max-per-img`` (the checkpoint's ``roi`` settings), ``--batch-size`` and ``--device``."""
     p.add_argument("--score-thr", type=float, default=None,
-                   help="score threshold in [0, 1] (default: the checkpoint's roi.score_thr)")
+                   help="score threshold in [0, 1] for every class (default: the checkpoint's roi.score_thr and "
+                        "roi.score_thr_per_class)")
     p.add_argument("--max-per-img", type=int, default=None,
                    help="detections per image (default: the checkpoint's roi.max_per_img)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
@@ -38,7 +39,11 @@ def roi_overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--max-per-img must be >= 1, got {args.max_per_img}")
     if args.score_thr is not None and not 0.0 <= args.score_thr <= 1.0:
         raise ConfigError(f"--score-thr must be in [0, 1], got {args.score_thr}")
-    return {k: v for k, v in (("score_thr", args.score_thr), ("max_per_img", args.max_per_img)) if v is not None}
+    roi: dict[str, Any] = {k: v for k, v in (("score_thr", args.score_thr), ("max_per_img", args.max_per_img))
+                           if v is not None}
+    if args.score_thr is not None:  # one threshold for every class, also over the checkpoint's per-class ones
+        roi["score_thr_per_class"] = {}
+    return roi
 
 
 def default_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:

@@ -256,6 +256,9 @@ def register_subcommand(sub: Any) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file")
     p.add_argument("--out", required=True, help="COCO results JSON to write")
     p.add_argument("--viz", metavar="DIR", default=None, help="write one PNG per image with masks, boxes, names, scores")
+    p.add_argument("--display-thr", type=float, default=0.3, metavar="T",
+                   help="--viz draws detections scoring at least T (the JSON keeps all); small images are drawn "
+                        "upscaled to >= 512 px")
     add_inference_arguments(p)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
@@ -309,7 +312,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 continue
             results.extend(to_coco_results(r, str(src.path), src.file_name))
             if viz_dir is not None:
-                _write_viz(predictor, r, _viz_path(viz_dir, src.file_name, used))
+                _write_viz(predictor, r, _viz_path(viz_dir, src.file_name, used), args.display_thr)
     save_results_json(results, args.out)
     n_ok = len(sources) - (failed - len(errors))
     print(f"{len(results)} detections on {n_ok} images written to {args.out}"
@@ -317,7 +320,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _write_viz(predictor: Predictor, result: dict[str, Any], path: Path) -> None:
+def _write_viz(predictor: Predictor, result: dict[str, Any], path: Path, display_thr: float = 0.3) -> None:
     from .visualize import draw_detections, save_png
 
     if "mask_crops" in result:  # sliced / TTA: full resolution, downscaled when huge
@@ -328,5 +331,5 @@ def _write_viz(predictor: Predictor, result: dict[str, Any], path: Path) -> None
                             predictor.class_names, result["mask_crops"], result["mask_windows"], result["scores"]), path)
         return
     picture = draw_detections(result["image_array"], result["boxes"], result["labels"], predictor.class_names,
-                              masks=result["masks"], scores=result["scores"])
+                              masks=result["masks"], scores=result["scores"], score_thr=display_thr)
     save_png(picture, path)

@@ -155,6 +155,10 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: {len(meta['class_names'])} class names for {cfg.num_classes} classes")
     model = SwinMaskRCNN(cfg, meta=ModelMeta(list(meta["class_names"]), meta["label_to_cat_id"]))
     load_state_dict_strict(model, sd, source=str(path))
+    try:
+        model.score_thresholds()  # roi.score_thr_per_class must name the checkpoint's classes
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     log.info("loaded %s (%s checkpoint, %s, %d classes)", path, meta["source"], cfg.variant, cfg.num_classes)
     return model.to(map_location).eval(), cfg, meta
 

@@ -137,6 +137,11 @@ class RoIConfig(StrictModel):
     add_gt_as_proposals: bool = True
     finest_scale: float = Field(56.0, gt=0)
     score_thr: float = Field(0.05, ge=0, le=1)
+    score_thr_per_class: dict[str, float] = Field(
+        default_factory=dict,
+        description="deployment thresholds by class name (written by 'analyze --write-thresholds'): a class listed "
+        "keeps detections with score >= its value; the others keep score > score_thr",
+    )
     nms_iou: float = Field(0.5, gt=0, le=1)
     max_per_img: int = Field(100, ge=1, le=10000, description="detection cap per image (≥400 allowed)")
     mask_thr: float = Field(0.5, ge=0, le=1)
@@ -146,6 +151,14 @@ class RoIConfig(StrictModel):
         description="side of the mask head's output, its targets and the masks pasted from it; the mask RoIs "
         "are pooled at mask_size / 2 and upsampled x2, so it must be even (mmdet: 28)",
     )
+
+    @field_validator("score_thr_per_class")
+    @classmethod
+    def _thresholds_in_range(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: t for k, t in v.items() if not 0.0 <= float(t) <= 1.0}
+        if bad:
+            raise ValueError(f"thresholds must be in [0, 1], got {bad}")
+        return {str(k): float(t) for k, t in v.items()}
 
     @field_validator("mask_size")
     @classmethod

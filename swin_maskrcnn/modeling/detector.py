@@ -74,6 +74,27 @@ class SwinMaskRCNN(nn.Module):
         """Label i -> the data set's category id, None when unknown (``meta.label_to_cat_id``)."""
         return self.meta.label_to_cat_id
 
+    def score_thresholds(self) -> Optional[Tensor]:
+        """(C,) float32 test-time thresholds, a detection of class c kept when its score >= entry c,
+        from ``cfg.roi.score_thr_per_class`` (by name: ``self.class_names``); classes without one get the float32 just above ``roi.score_thr``,
+        so that they keep mmdet's ``score > score_thr``. None when no class has its own threshold
+        (mmdet's test, unchanged). An unknown class name is a ValueError naming it."""
+        per_class = self.cfg.roi.score_thr_per_class
+        if not per_class:
+            return None
+        names = list(self.class_names)
+        unknown = sorted(set(per_class) - set(names))
+        if unknown:
+            raise ValueError(f"roi.score_thr_per_class names classes the model does not have: {unknown} "
+                             f"(its classes: {names[:20]})")
+        base = torch.tensor(self.cfg.roi.score_thr, dtype=torch.float32)
+        above = torch.nextafter(base, torch.tensor(float("inf")))
+        thrs = torch.full((self.num_classes,), float(above), dtype=torch.float32)
+        for i, name in enumerate(names):
+            if name in per_class:
+                thrs[i] = per_class[name]
+        return thrs
+
     def preprocess(self, images_255: Sequence[Tensor]) -> ImageBatch:
         """Normalised, zero-padded batch plus each image's (h, w) and padded (h, w)."""
         return normalize_and_pad(images_255, self.cfg.pixel_mean, self.cfg.pixel_std, self.cfg.size_divisor)
@@ -122,7 +143,8 @@ class SwinMaskRCNN(nn.Module):
             feats = self.neck(self.backbone(batch.tensor))
             gt_boxes = None if targets is None else [t["boxes"].float().to(batch.tensor.device) for t in targets]
             proposals, rpn_losses, rpn_stats = self.rpn_head(feats, batch.image_sizes, batch.pad_shapes, gt_boxes)
-            detections, roi_losses, roi_stats = self.roi_head(feats, proposals, batch.image_sizes, targets)
+            thrs = None if self.training else self.score_thresholds()
+            detections, roi_losses, roi_stats = self.roi_head(feats, proposals, batch.image_sizes, targets, thrs)
             if not self.training and paste:
                 detections = self.postprocess(detections, batch.image_sizes, original_sizes)
         return detections, {**rpn_losses, **roi_losses}, {**rpn_stats, **roi_stats}

@@ -177,6 +177,7 @@ class ProbeMonitor(L.Callback):
         every_n_steps: int,
         detector: Optional[CollapseDetector] = None,
         batch_size: int = 2,
+        evidence: Optional[Any] = None,
     ) -> None:
         super().__init__()
         if len(probe_images) != len(probe_sizes):
@@ -188,6 +189,20 @@ class ProbeMonitor(L.Callback):
         self.batch_size = max(1, int(batch_size))
         self._last_step = -1
         self.alarm_steps: list[int] = []
+        #: a diagnostics.collapse.CollapseEvidence fed every step; its diagnosis goes into the alarm
+        self.evidence = evidence
+
+    def diagnosis(self, pl_module: L.LightningModule) -> list[str]:
+        """The ranked causes (:func:`~swin_maskrcnn.diagnostics.collapse.diagnose`), [] without evidence."""
+        if self.evidence is None:
+            return []
+        from ..diagnostics.collapse import diagnose, format_findings
+
+        lr = None
+        trainer = getattr(pl_module, "_trainer", None)
+        if trainer is not None and trainer.optimizers:
+            lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+        return format_findings(diagnose(self.evidence, pl_module.model.cfg, lr=lr))
 
     @torch.no_grad()
     def probe(self, pl_module: L.LightningModule) -> float:
@@ -207,6 +222,9 @@ class ProbeMonitor(L.Callback):
         return sum(counts) / max(len(counts), 1)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.evidence is not None and isinstance(outputs, dict):
+            skipped = outputs.get("skipped")
+            self.evidence.record({"train/loss": float("nan")} if skipped else dict(getattr(pl_module, "last_train_metrics", {})))
         if self.detector is not None and isinstance(outputs, dict) and not outputs.get("skipped"):
             total = _scalar(outputs.get("total_loss", outputs.get("loss")))
             if total is not None:
@@ -216,6 +234,8 @@ class ProbeMonitor(L.Callback):
             return
         self._last_step = step
         ppi = self.probe(pl_module)
+        if self.evidence is not None:
+            self.evidence.probe_preds_per_image = ppi
         metrics = {"monitor/probe_preds_per_image": ppi}
         if self.detector is not None:
             verdict = self.detector.check(step, ppi)
@@ -224,7 +244,9 @@ class ProbeMonitor(L.Callback):
             if verdict.alarm:
                 self.alarm_steps.append(step)
                 if trainer.is_global_zero:
-                    log.warning(verdict.message(step))
+                    lines = self.diagnosis(pl_module)
+                    log.warning(verdict.message(step) + ("\nLikely causes, most likely first:\n  " + "\n  ".join(lines)
+                                                         if lines else ""))
         for logger in trainer.loggers:  # now, whatever log_every_n_steps is
             logger.log_metrics(dict(metrics), step=step)
         pl_module.log("monitor/probe_preds_per_image", ppi, on_step=True, on_epoch=False, logger=False,

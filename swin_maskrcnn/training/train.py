@@ -60,6 +60,8 @@ from ..modeling.acceleration import compile_dense
 from ..runtime import keep_freed_memory
 from .monitoring import CollapseDetector, ProbeMonitor
 from .auto_anchors import apply_auto_anchors
+from ..diagnostics.anchor_fit import fit_anchors
+from ..diagnostics.collapse import AnchorFit, CollapseEvidence
 from .preflight import check_hardware, check_resume
 from .config import ConfigError, TrainConfig, check_num_classes, dump_config, save_config
 
@@ -430,6 +432,15 @@ class RunCallbacks:
         return own + list(self.extra)
 
 
+def collapse_evidence(cfg: TrainConfig, train_ds: CocoInstanceDataset) -> CollapseEvidence:
+    """The collapse diagnosis' recorder, with the anchor fit of the training boxes
+    (:func:`~swin_maskrcnn.diagnostics.anchor_fit.fit_anchors`, computed once)."""
+    fit = AnchorFit.from_fit(fit_anchors(train_ds, cfg.model, data_cfg=cfg.data))
+    log.info("anchor fit: %d of %d training boxes have no anchor >= %g (model.rpn.anchor_scales=%s)",
+             fit.unmatched, fit.total, fit.pos_iou_thr, fit.scales)
+    return CollapseEvidence(window=cfg.runtime.collapse.loss_window, anchor=fit, images_per_step=cfg.data.batch_size)
+
+
 def build_callbacks(
     cfg: TrainConfig, run_dir: Path, train_ds: CocoInstanceDataset, val_ds: Optional[CocoInstanceDataset],
     extra: Sequence[L.Callback] = (),
@@ -448,7 +459,8 @@ def build_callbacks(
     if rt.probe_every_n_steps > 0:
         images, sizes = _probe_batch(cfg, train_ds, val_ds)
         detector = CollapseDetector.from_config(rt.collapse) if rt.collapse.enabled else None
-        probe = ProbeMonitor(images, sizes, rt.probe_every_n_steps, detector, batch_size=cfg.data.val_batch_size)
+        probe = ProbeMonitor(images, sizes, rt.probe_every_n_steps, detector, batch_size=cfg.data.val_batch_size,
+                             evidence=collapse_evidence(cfg, train_ds))
     keep = rt.keep_last_checkpoints  # newest N by the logged "step" (= optimizer steps done), or all
     periodic = ModelCheckpoint(
         dirpath=ckpt_dir, filename="step_{step:07d}", auto_insert_metric_name=False,
@@ -558,6 +570,7 @@ def _train(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
         save_checkpoint(final_model, module.model, cfg, train_ds.class_names, train_ds.cat_id_to_label,
                         global_step=trainer.global_step)
     summary = run_summary(cfg, trainer, module, callbacks, run_dir, t0)
+    _add_collapse_diagnosis(summary, callbacks, module)
     summary["data"] = {"train": train_ds.report.as_dict(), "val": None if val_ds is None else val_ds.report.as_dict()}
     if anchor_fit is not None:
         summary["anchor_fit"] = anchor_fit
@@ -599,6 +612,24 @@ def run_summary(cfg: TrainConfig, trainer: L.Trainer, module: DetectionModule, c
         "world_size": int(trainer.world_size),
         "wall_time_s": time.time() - t0,
     }
+
+
+#: a final validation AP at or below this counts as "about zero" (the run summary then says why)
+COLLAPSED_AP = 0.01
+
+
+def _add_collapse_diagnosis(summary: dict[str, Any], callbacks: RunCallbacks, module: DetectionModule) -> None:
+    """``summary["collapse_diagnosis"]``: the ranked causes when the final validation AP is about zero."""
+    m = summary["final_metrics"]
+    aps = [m[k] for k in ("val/bbox_AP", "val/segm_AP") if k in m and m[k] is not None and not math.isnan(m[k])]
+    probe = callbacks.probe
+    if not aps or max(aps) > COLLAPSED_AP or probe is None or probe.evidence is None:
+        return
+    lines = probe.diagnosis(module)
+    summary["collapse_diagnosis"] = lines
+    if module.trainer.is_global_zero:
+        log.warning("final validation AP %.4f is about zero. Likely causes, most likely first:\n  %s", max(aps),
+                    "\n  ".join(lines))
 
 
 def _fmt(v: Optional[float]) -> str:

@@ -127,11 +127,11 @@ def test_predict_folder_and_file_with_our_checkpoint(ours, inputs, tmp_path, cap
     # EXIF orientation applied: the stored 100x60 landscape is predicted as 60x100 portrait
     exif = per[str(folder / "sub" / "e_exif.jpg")]
     assert exif and exif[0]["segmentation"]["size"] == [100, 60]
-    # one PNG per readable image, at the image's size (after EXIF), mirroring the folder layout
+    # one PNG per readable image, at the image's size (after EXIF; upscaled x6 to >= 512 px), mirroring the folders
     pngs = sorted(p.relative_to(viz).as_posix() for p in viz.rglob("*.png"))
     assert pngs == sorted(["a_rgb.png", "b_gray.png", "sub/c_rgba.png", "sub/d_16bit.png", "sub/e_exif.png", "loose.png"])
     with Image.open(viz / "sub" / "e_exif.png") as im:
-        assert im.size == (60, 100)
+        assert im.size == (60 * 6, 100 * 6)
 
 
 def test_max_per_img_and_score_thr(ours, inputs, tmp_path):
@@ -223,7 +223,7 @@ def test_draw_detections_blends_masks_and_draws_boxes():
     image = np.zeros((40, 50, 3), np.uint8)
     mask = np.zeros((1, 40, 50), bool)
     mask[0, 20:30, 10:40] = True
-    out = draw_detections(image, [[5, 5, 45, 35]], [1], ["a", "b"], masks=mask, scores=[0.9], alpha=0.5)
+    out = draw_detections(image, [[5, 5, 45, 35]], [1], ["a", "b"], masks=mask, scores=[0.9], alpha=0.5, scale=1)
     assert out.shape == (3, 40, 50) and out.dtype == torch.uint8
     colour = torch.tensor(PALETTE[1], dtype=torch.float32)
     # inside the mask, away from the box outline and label: alpha blend of black and the class colour
@@ -232,5 +232,20 @@ def test_draw_detections_blends_masks_and_draws_boxes():
     assert out[:, 35, 30].tolist() == list(PALETTE[1])  # the box's bottom edge
     big = draw_detections(image, [[5, 5, 45, 35]], [1], ["a", "b"], masks=mask, scale=3)
     assert big.shape == (3, 120, 150)
-    empty = draw_detections(image, np.zeros((0, 4)), [], ["a"], masks=np.zeros((0, 40, 50), bool))
+    empty = draw_detections(image, np.zeros((0, 4)), [], ["a"], masks=np.zeros((0, 40, 50), bool), scale=1)
     assert torch.equal(empty, torch.zeros(3, 40, 50, dtype=torch.uint8))
+
+
+def test_small_images_are_upscaled_and_low_scores_not_drawn():
+    image = np.zeros((128, 96, 3), np.uint8)
+    boxes = [[10, 10, 60, 60], [20, 70, 80, 120]]
+    out = draw_detections(image, boxes, [0, 1], ["a", "b"], scores=[0.9, 0.2])
+    assert out.shape == (3, 512, 384)  # 128 px long side x4 -> 512
+    assert out[:, 60 * 4, 30 * 4].tolist() == list(PALETTE[0])  # the kept box's bottom edge
+    assert out[:, 120 * 4 - 1, 50 * 4].tolist() == [0, 0, 0]  # the 0.2 box is not drawn
+    both = draw_detections(image, boxes, [0, 1], ["a", "b"], scores=[0.9, 0.2], score_thr=0.1)
+    assert both[:, 120 * 4, 50 * 4].tolist() == list(PALETTE[1])
+    # the label is a patch of the class colour above the box, tall enough to read (a 15 px font)
+    col = both[:, : 10 * 4, 10 * 4 + 1]  # the patch's left margin, beside the text
+    patch = (col == torch.tensor(PALETTE[0])[:, None]).all(0)
+    assert patch.sum() >= 14 and patch[-1]

@@ -6,6 +6,8 @@ DeltaXYWH coder with stds (0.1, 0.1, 0.2, 0.2).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -112,11 +114,14 @@ class BBoxHead(nn.Module):
         score_thr: float,
         nms_iou: float,
         max_per_img: int,
+        score_thrs: Optional[Tensor] = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One image's detections: boxes (K, 4) in input pixels, scores (K,), labels (K,).
 
         Softmax, class-specific decode, clip; every (box, class) pair with score > ``score_thr``
         enters a per-class NMS at ``nms_iou``; the best ``max_per_img`` are kept (mmdet multiclass_nms).
+        ``score_thrs`` (C,), when given, replaces that test by score >= ``score_thrs[class]``
+        (:meth:`SwinMaskRCNN.score_thresholds`).
         """
         c = self.num_classes
         scores = self.class_scores(cls_score)
@@ -127,7 +132,7 @@ class BBoxHead(nn.Module):
         fg = scores[:, :c]
         labels = torch.arange(c, device=fg.device).view(1, -1).expand_as(fg)
         boxes, fg, labels = boxes.reshape(-1, 4), fg.reshape(-1), labels.reshape(-1)
-        valid = fg > score_thr
+        valid = fg > score_thr if score_thrs is None else fg >= score_thrs.to(fg)[labels]
         boxes, fg, labels = boxes[valid], fg[valid], labels[valid]
         if boxes.numel() == 0:
             return boxes.new_zeros(0, 4), fg.new_zeros(0), labels.new_zeros(0)

@@ -125,15 +125,17 @@ class RoIHead(nn.Module):
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
         targets: Optional[Sequence[dict[str, Tensor]]] = None,
+        score_thrs: Optional[Tensor] = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor], dict[str, Tensor]]:
-        """The whole RoI stage; see the class docstring for what each mode returns."""
+        """The whole RoI stage; see the class docstring for what each mode returns (``score_thrs``:
+        per-class score thresholds at test time, see ``BBoxHead.predict``)."""
         feats = feats[: len(ROI_STRIDES)]
         if self.training:
             if targets is None or len(targets) != len(proposals):
                 raise ValueError("the RoI heads in training mode need one target dict per image")
             losses, stats = self.loss(feats, proposals, targets)
             return [], losses, stats
-        return self.predict(feats, proposals, image_sizes), {}, {}
+        return self.predict(feats, proposals, image_sizes, score_thrs), {}, {}
 
     def targets(
         self, proposals: Tensor, target: dict[str, Tensor], feats: list[Tensor], image_index: int
@@ -184,7 +186,8 @@ class RoIHead(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self, feats: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]
+        self, feats: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
+        score_thrs: Optional[Tensor] = None,
     ) -> list[dict[str, Tensor]]:
         """Detections per image in network-input pixels, with their class's mask probabilities.
 
@@ -199,7 +202,7 @@ class RoIHead(nn.Module):
         dets = []
         for img, (cs, bp, r) in enumerate(zip(cls_score.split(counts), bbox_pred.split(counts), rois.split(counts))):
             boxes, scores, labels = self.bbox_head.predict(
-                r, cs, bp, image_sizes[img], cfg.score_thr, cfg.nms_iou, cfg.max_per_img
+                r, cs, bp, image_sizes[img], cfg.score_thr, cfg.nms_iou, cfg.max_per_img, score_thrs
             )
             dets.append({"boxes": boxes, "scores": scores, "labels": labels})
         mask_feats = self.mask_roi_extractor(feats, boxes_to_rois([d["boxes"] for d in dets]))
