@@ -17,7 +17,8 @@ With ``--results`` a COCO results file is read (ours, or any other tool's). Writ
 AP is COCOeval's (``evaluate``'s code, 0-1); the error counts and dAP are TIDE's
 (:mod:`swin_maskrcnn.diagnostics.errors`); the confusion matrix is at ``--iou`` / ``--score-thr``;
 the thresholds maximise F-beta per class. With images (``--images``), the ``--worst`` images with
-the most errors are drawn into ``DIR/worst/`` and ``DIR/report.html`` shows everything.
+the most errors are drawn into ``DIR/worst/`` and ``DIR/report.html`` shows everything. With
+``--checkpoint`` the predictions are also written to ``DIR/results.json``.
 ``--write-thresholds OUT`` (needs ``--checkpoint``) writes the checkpoint again with the chosen
 thresholds as ``roi.score_thr_per_class`` (``.safetensors`` by that suffix, else our ``.pt``).
 """
@@ -195,6 +196,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     coco = load_ground_truth(args.ann)
     if args.checkpoint:
         raw = predict_for_analysis(args.checkpoint, coco, Path(args.images), args)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / "results.json", lambda f: json.dump(raw, f))  # to analyse again with --results
         results = load_results(raw, coco, name=f"predictions of {args.checkpoint}")
     else:
         results = load_results(args.results, coco)

@@ -79,7 +79,9 @@ def _ap_of_points(points: Sequence[tuple[float, bool]], num_gt: int) -> float:
     precision = tp / n
     recall = tp / num_gt
     precision = np.maximum.accumulate(precision[::-1])[::-1]
-    idx = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")
+    # tidecv's recall points k / 100 (COCOeval's np.linspace differs in the last bit at some k, which
+    # matters when a recall lands exactly on one)
+    idx = np.searchsorted(recall, np.arange(101) / 100, side="left")
     y = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
     return float(y.mean())
 
