@@ -155,13 +155,14 @@ def register_subcommand(sub: Any) -> None:
                    help="write the checkpoint with the chosen thresholds as roi.score_thr_per_class (.pt or .safetensors)")
     p.add_argument("--no-report", action="store_true", help="write analysis.json only")
     g = p.add_argument_group("prediction (with --checkpoint)")
-    g.add_argument("--batch-size", type=int, default=1)
-    g.add_argument("--device", default=None)
+    g.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     size = g.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"))
-    size.add_argument("--no-resize", action="store_true")
-    g.add_argument("--max-per-img", type=int, default=None)
-    g.add_argument("--no-progress", action="store_true")
+    size.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+                      help="keep-ratio test resize (default: the checkpoint's test scale)")
+    size.add_argument("--no-resize", action="store_true", help="feed images at their own size")
+    g.add_argument("--max-per-img", type=int, default=None, help="detections per image (default: the checkpoint's)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_analyze)
 
 
