@@ -338,14 +338,15 @@ def write_gallery(dataset: Any, folder: Path, n: int) -> list[Path]:
     """``n`` images with their ground truth (masks, boxes, class names; crowd regions labelled ``crowd``)."""
     import torch
 
-    from .visualize import draw_detections, save_png
+    from .visualize import display_scale, draw_detections, save_png
 
     paths = []
     names = list(dataset.class_names) + ["crowd"]
     for i in gallery_indices(dataset, n):
         image = dataset.load_image(i)
         target = dataset.get_raw_target(i)
-        drawn = draw_detections(image, target["boxes"], target["labels"], names, masks=target["masks"].bool())
+        s = display_scale(int(image.shape[0]), int(image.shape[1]))  # (H, W, 3)
+        drawn = draw_detections(image, target["boxes"], target["labels"], names, masks=target["masks"].bool(), scale=s)
         img_id = dataset.img_ids[i]
         crowd = [a for a in dataset.coco.imgToAnns.get(img_id, []) if a.get("iscrowd")]
         if crowd:
@@ -353,7 +354,9 @@ def write_gallery(dataset: Any, folder: Path, n: int) -> list[Path]:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 masks = torch.from_numpy(np.stack([dataset.coco.annToMask(a) for a in crowd])).bool()
             boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in crowd]
-            drawn = draw_detections(drawn, boxes, [len(names) - 1] * len(crowd), names, masks=masks, alpha=0.3)
+            masks = masks.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)  # onto the upscaled picture
+            boxes = [[v * s for v in b] for b in boxes]
+            drawn = draw_detections(drawn, boxes, [len(names) - 1] * len(crowd), names, masks=masks, alpha=0.3, scale=1)
         stem = Path(dataset.coco.imgs[img_id]["file_name"]).stem
         paths.append(save_png(drawn, folder / f"{img_id}_{stem}.png"))
     return paths

@@ -328,7 +328,8 @@ def _write_viz(predictor: Predictor, result: dict[str, Any], path: Path, display
         from ..inference.viz import draw_crops
 
         save_png(draw_crops(as_uint8_chw(result["image_array"]), result["boxes"], result["labels"],
-                            predictor.class_names, result["mask_crops"], result["mask_windows"], result["scores"]), path)
+                            predictor.class_names, result["mask_crops"], result["mask_windows"], result["scores"],
+                            score_thr=display_thr), path)
         return
     picture = draw_detections(result["image_array"], result["boxes"], result["labels"], predictor.class_names,
                               masks=result["masks"], scores=result["scores"], score_thr=display_thr)

@@ -21,7 +21,7 @@ VIZ_MAX_SIDE = 4096
 
 
 def draw_crops(image: Tensor, boxes: Tensor, labels: Tensor, class_names: Sequence[str], crops: Sequence[Tensor],
-               windows: Tensor, scores: Any = None, max_side: int = VIZ_MAX_SIDE) -> Tensor:
+               windows: Tensor, scores: Any = None, max_side: int = VIZ_MAX_SIDE, score_thr: float = 0.3) -> Tensor:
     """(3, h, w) uint8 picture of detections with bool mask ``crops`` at ``windows`` on ``image``
     ((3, H, W) uint8), downscaled by ``max_side / max(H, W)`` when that is below 1."""
     from torchvision.utils import draw_segmentation_masks
@@ -50,4 +50,5 @@ def draw_crops(image: Tensor, boxes: Tensor, labels: Tensor, class_names: Sequen
             layers[slot[lab], b0:b1, a0:a1] |= part[: sh - b0, : sw - a0]
         colours = [PALETTE[lab % len(PALETTE)] for lab in present]
         small = draw_segmentation_masks(small, layers, alpha=0.5, colors=colours)
-    return draw_detections(small, boxes.float() * f, labels, class_names, masks=None, scores=scores)
+    return draw_detections(small, boxes.float() * f, labels, class_names, masks=None, scores=scores, score_thr=score_thr,
+                           scale=1 if f < 1.0 else None)  # small images upscaled for legibility, huge ones not

@@ -169,7 +169,8 @@ def test_predict_cli_slice_rles_and_viz(ckpt, tmp_path):
         assert np.array_equal(mask_utils.decode(r["segmentation"]).astype(bool), m)
         assert r["score"] == pytest.approx(s)
     png = np.asarray(Image.open(viz / "big.png"))
-    assert png.shape == (90, 140, 3) and not np.array_equal(png, image)
+    # drawn upscaled x4 (to >= 512 px on the long side, apps/visualize.py) for legible labels
+    assert png.shape == (360, 560, 3) and not np.array_equal(png, image.repeat(4, 0).repeat(4, 1))
 
 
 def test_viz_of_a_huge_image_is_downscaled():
