@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,4 +57,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = train(cfg, resume=args.resume, name_hint=Path(args.config).stem)
     if rank_zero_only.rank == 0:  # one summary, also under DDP (every rank runs this command)
         print(json.dumps(summary, indent=1, default=str))
-    return 0
+        if summary.get("resume_command"):
+            print(f"stopped by {summary['stopped_by']} at step {summary['global_step']} of {summary['max_steps']}; "
+                  f"last.ckpt written; resume with:\n  {summary['resume_command']}", file=sys.stderr, flush=True)
+    return int(summary.get("exit_code", 0))  # 128 + the signal after a stop signal: not a success

@@ -46,6 +46,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ..checkpoint.compat import upgrade_no_decay_keys, upgrade_train_config
 from ..errors import ConfigError
 from ..io_utils import atomic_write
+from ..signals import DEFAULT_STOP_SIGNALS, parse_signal, signal_name
 from ..modeling.config import CompileMode, ModelConfig, StrictModel
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,46 @@ class RuntimeConfig(StrictModel):
         "(Lightning's max_time; the lr schedule stays the step-based one, so it is cut short). last.ckpt and "
         "model_final.pt are still written; the summary says stopped_by_time",
     )
+
+    stop_signals: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_STOP_SIGNALS),
+        description="signals that stop training cleanly: the current optimizer step finishes (or is abandoned after "
+        "stop_step_grace_s), last.ckpt, model_final.pt and summary.json are written, the resume command is printed "
+        "and the command exits with 128 + the signal number; a second Ctrl-C stops at once. [] leaves the signals "
+        "to Lightning (SIGTERM then ends the run with status 0 and nothing saved)",
+    )
+    requeue_on: Optional[str] = Field(
+        None,
+        description="SLURM: on this signal (e.g. SIGUSR1 with #SBATCH --signal=USR1@90) save as for a stop, then "
+        "'scontrol requeue' the job; a start with the same runtime.run_name resumes from the run's newest complete "
+        "checkpoint by itself (docs/distributed.md)",
+    )
+    stop_step_grace_s: float = Field(
+        5.0, ge=0,
+        description="after a stop signal, a step still in its forward/backward pass this many seconds later is "
+        "abandoned (single process; the checkpoint is then the state after the previous step); 0: at once",
+    )
+
+    @field_validator("stop_signals")
+    @classmethod
+    def _stop_signals(cls, v: list[str]) -> list[str]:
+        names = []
+        for name in v:
+            names.append(signal_name(parse_signal(name)))  # ValueError names the bad entry
+        if len(set(names)) != len(names):
+            raise ValueError(f"repeated signal in {v}")
+        return names
+
+    @field_validator("requeue_on")
+    @classmethod
+    def _requeue_on(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else signal_name(parse_signal(v))
+
+    @model_validator(mode="after")
+    def _requeue_is_a_stop_signal(self) -> "RuntimeConfig":
+        if self.requeue_on is not None and self.requeue_on not in self.stop_signals:
+            raise ValueError(f"requeue_on={self.requeue_on} must be one of stop_signals {self.stop_signals}")
+        return self
 
     @field_validator("devices")
     @classmethod

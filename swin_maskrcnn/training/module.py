@@ -273,8 +273,10 @@ class PeriodicEvaluation(L.Callback):
         max_dets: Sequence[int] = (1, 10, 100),
         batch_size: int = 1,
         out_dir: Optional[Path] = None,
+        stop: Optional[Any] = None,
     ) -> None:
         super().__init__()
+        self.stop = stop  # the run's StopController (training/stop.py), or None
         self.dataset = dataset
         self.every_n_steps = int(every_n_steps)
         self.start_step = int(start_step)
@@ -285,6 +287,7 @@ class PeriodicEvaluation(L.Callback):
         self.last_eval_step = -1
         self.last_metrics: Optional[dict[str, float]] = None
         self.history: list[tuple[int, dict[str, float]]] = []
+        self.validated_at_start: Optional[int] = None  # the step of a validation run in on_train_start
 
     def is_due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
@@ -331,19 +334,50 @@ class PeriodicEvaluation(L.Callback):
         assert flat is not None
         return flat
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a resumed run whose checkpoint's step had a validation due that did not run (abandoned on a
+        # stop signal, or a kill during it): run it now, before the next step
+        if self.is_due(trainer) and not (self.stop is not None and self.stop.stopping):
+            log.info("step %d: running the validation that was due when this checkpoint was written", trainer.global_step)
+            self._validate(trainer, pl_module, at_start=True)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self.is_due(trainer):
             return
+        self._validate(trainer, pl_module)
+
+    def _validate(self, trainer: L.Trainer, pl_module: L.LightningModule, at_start: bool = False) -> None:
         step = trainer.global_step
-        flat = self.evaluate(trainer, pl_module)
+        stop = self.stop
+        if stop is not None and stop.check(trainer):
+            log.warning("step %d: the validation due now runs when the run is resumed", step)
+            return
+        if stop is None:
+            flat = self.evaluate(trainer, pl_module)
+        else:
+            from .stop import StopRequested
+
+            try:
+                with stop.validation():
+                    flat = self.evaluate(trainer, pl_module)
+            except StopRequested as e:
+                log.warning("step %d: validation abandoned on %s; it runs first when the run is resumed", step,
+                            e.signame)
+                stop.stop_now(trainer, e.signum, abandoned="validation")
+                return
         self.last_eval_step = step
+        if at_start:
+            self.validated_at_start = step
         self.last_metrics = flat
         self.history.append((step, flat))
         named = {f"val/{k}": v for k, v in flat.items()}
         log_to_loggers(trainer, named, step)
         for k, v in named.items():  # callback_metrics (best checkpoint) and progress bar, not loggers
-            pl_module.log(k, v, on_step=True, on_epoch=False, logger=False,
-                          prog_bar=k in ("val/segm_AP", "val/bbox_AP"), batch_size=1)
+            if not at_start:  # (Lightning allows no step-level self.log in on_train_start)
+                pl_module.log(k, v, on_step=True, on_epoch=False, logger=False,
+                              prog_bar=k in ("val/segm_AP", "val/bbox_AP"), batch_size=1)
+        if stop is not None:
+            stop.check(trainer)  # a signal during a validation that completed (DDP): stop at this step
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_eval_step": self.last_eval_step, "history": [[s, m] for s, m in self.history]}
@@ -367,3 +401,12 @@ class BestCheckpoint(ModelCheckpoint):
         if self._evaluation.last_eval_step != trainer.global_step:
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the evaluation ran a validation that was due at the resumed step (PeriodicEvaluation.on_train_start)
+        ev = self._evaluation
+        if ev.validated_at_start != trainer.global_step or ev.last_metrics is None:
+            return
+        candidates = self._monitor_candidates(trainer)
+        candidates.update({f"val/{k}": torch.tensor(float(v)) for k, v in ev.last_metrics.items()})
+        self._save_topk_checkpoint(trainer, candidates)

@@ -8,6 +8,12 @@ Run layout (``runtime.out_dir/run_name``)::
     csv/version_N/metrics.csv   every logged scalar as CSV
     tensorboard/version_N/      the same scalars for TensorBoard, when ``tensorboard`` is installed
     val/step_XXXXXXX.json       every validation: all metrics incl. per-class AP
+    summary.json                the run summary (also of a run stopped by a signal or runtime.max_minutes)
+
+Stops. A stop signal (``runtime.stop_signals``) or ``runtime.max_minutes`` ends the run at the end
+of an optimizer step on every rank; ``last.ckpt``, ``model_final.pt`` and ``summary.json`` are then
+written as at the end of a run, and the summary says ``stopped_by`` with the resume command
+(``training/stop.py``).
 
 Data order. Training is iteration based: Lightning runs ONE epoch of ``max_steps x
 accumulate_grad_batches`` batches, produced by :class:`RunBatchSampler`, which walks through
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import importlib.util
 import logging
 import math
@@ -46,8 +53,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..checkpoint.loader import read_checkpoint
 from ..checkpoint.native import save_checkpoint
-from .checkpoint_io import AtomicCheckpointIO, resolve_resume
-from ..io_utils import OutputWriteError, check_writable
+from .checkpoint_io import AtomicCheckpointIO, checkpoint_step, resolve_resume
+from ..io_utils import OutputWriteError, atomic_write, check_writable, json_ready
 from ..data.coco import CocoInstanceDataset
 from ..data.validation import require_instances
 from ..data.loader import AspectRatioGroupedBatchSampler, collate
@@ -58,12 +65,14 @@ from ..checkpoint.imagenet import load_imagenet_backbone
 from ..modeling.detector import SwinMaskRCNN
 from ..modeling.acceleration import compile_dense
 from ..runtime import keep_freed_memory
+from ..signals import signal_name
 from .monitoring import CollapseDetector, ProbeMonitor
 from .auto_anchors import apply_auto_anchors
 from ..diagnostics.anchor_fit import fit_anchors
 from ..diagnostics.collapse import AnchorFit, CollapseEvidence
 from .preflight import check_hardware, check_resume
 from .config import ConfigError, TrainConfig, check_num_classes, dump_config, save_config
+from .stop import StopController, StopRequested, requeue_slurm_job, resume_command, stop_exit_code
 
 log = logging.getLogger(__name__)
 
@@ -426,9 +435,11 @@ class RunCallbacks:
     best: Optional[BestCheckpoint] = None
     probe: Optional[ProbeMonitor] = None
     extra: list[L.Callback] = field(default_factory=list)
+    stop: Optional[StopController] = None
 
     def all(self) -> list[L.Callback]:
-        own = [c for c in (self.evaluation, self.probe, self.periodic, self.best) if c is not None]
+        # the stop controller first: it decides at the end of a step, before validation and checkpoints
+        own = [c for c in (self.stop, self.evaluation, self.probe, self.periodic, self.best) if c is not None]
         return own + list(self.extra)
 
 
@@ -443,7 +454,7 @@ def collapse_evidence(cfg: TrainConfig, train_ds: CocoInstanceDataset) -> Collap
 
 def build_callbacks(
     cfg: TrainConfig, run_dir: Path, train_ds: CocoInstanceDataset, val_ds: Optional[CocoInstanceDataset],
-    extra: Sequence[L.Callback] = (),
+    extra: Sequence[L.Callback] = (), stop: Optional[StopController] = None,
 ) -> RunCallbacks:
     """Validation (when there is a val set), the probe / collapse alarm, periodic and best checkpoints.
     Order matters: the evaluation runs before BestCheckpoint reads its metrics at the same step."""
@@ -453,7 +464,7 @@ def build_callbacks(
         evaluation = PeriodicEvaluation(
             val_ds, every_n_steps=rt.val_every_n_steps, start_step=rt.val_start_step,
             max_images=rt.max_val_images, max_dets=rt.val_max_dets, batch_size=cfg.data.val_batch_size,
-            out_dir=run_dir / "val",
+            out_dir=run_dir / "val", stop=stop,
         )
     probe = None
     if rt.probe_every_n_steps > 0:
@@ -471,7 +482,7 @@ def build_callbacks(
     if evaluation is not None:
         best = BestCheckpoint(evaluation, dirpath=ckpt_dir, filename="best", auto_insert_metric_name=False,
                               monitor="val/segm_AP", mode="max", save_top_k=1, enable_version_counter=False)
-    return RunCallbacks(periodic=periodic, evaluation=evaluation, best=best, probe=probe, extra=list(extra))
+    return RunCallbacks(periodic=periodic, evaluation=evaluation, best=best, probe=probe, extra=list(extra), stop=stop)
 
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[L.Callback]) -> L.Trainer:
@@ -522,6 +533,8 @@ def train(
     ``runtime.max_consecutive_nonfinite`` steps in a row had a non-finite loss or gradients.
     """
     t0 = time.time()
+    if resume is None and cfg.runtime.requeue_on is not None:
+        resume = _requeued_resume(cfg)
     resume_path = None
     if resume is not None:
         resume_path = Path(os.environ.get(RESUME_ENV) or resolve_resume(resume))
@@ -540,8 +553,36 @@ def train(
                 os.environ[k] = v
 
 
+def _requeued_resume(cfg: TrainConfig) -> Optional[str]:
+    """With ``runtime.requeue_on``: this run's checkpoints folder when it holds a complete
+    checkpoint (a requeued job runs the same command again), else None (a first start)."""
+    rt = cfg.runtime
+    if not rt.run_name:
+        raise ConfigError(f"runtime.requeue_on={rt.requeue_on} needs runtime.run_name: the requeued job must find "
+                          "this run's folder again")
+    folder = Path(rt.out_dir) / rt.run_name / "checkpoints"
+    if not folder.is_dir() or not any(checkpoint_step(p) is not None for p in folder.glob("*.ckpt")):
+        return None
+    log.warning("runtime.requeue_on=%s: %s holds checkpoints of this run: resuming from the newest complete one",
+                rt.requeue_on, folder)
+    return str(folder)
+
+
 def _train(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
            extra_callbacks: Sequence[L.Callback]) -> dict[str, Any]:
+    # first of all: from here on a stop signal is a request to stop cleanly, not a crash
+    rt = cfg.runtime
+    stop = StopController(rt.stop_signals, rt.requeue_on, rt.stop_step_grace_s, cfg.optim.accumulate_grad_batches)
+    stop.checkpoint_dir = run_dir / "checkpoints"
+    stop.install()
+    try:
+        return _run(cfg, resume, run_dir, t0, extra_callbacks, stop)
+    finally:
+        stop.restore()
+
+
+def _run(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
+         extra_callbacks: Sequence[L.Callback], stop: StopController) -> dict[str, Any]:
     L.seed_everything(cfg.runtime.seed, workers=True, verbose=False)
     if cfg.runtime.keep_freed_memory:
         keep_freed_memory()  # before the first large tensor: reuse freed memory, no page faults per step
@@ -553,15 +594,20 @@ def _train(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
     check_output_dir(cfg, run_dir, model)
     module = DetectionModule(cfg, train_ds.class_names, train_ds.cat_id_to_label, model=model)
     datamodule = DetectionDataModule(cfg, train_ds)
-    callbacks = build_callbacks(cfg, run_dir, train_ds, val_ds, extra_callbacks)
+    callbacks = build_callbacks(cfg, run_dir, train_ds, val_ds, extra_callbacks, stop=stop)
     trainer = build_trainer(cfg, run_dir, callbacks.all())
+    cfg_path = run_dir / "config.yaml"
     if trainer.is_global_zero:
         cfg_path = _write_config(cfg, run_dir)
         log.info("run folder %s (config %s)", run_dir, cfg_path)
     with warnings.catch_warnings():
         # We resume mid-"epoch" on purpose: the data order is restored by RunBatchSampler.
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume))
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else str(resume))
+        except StopRequested as e:
+            # a step abandoned before its optimizer step (single process): the state is the previous step's
+            stop.stop_now(trainer, e.signum, abandoned=e.what)
 
     last_path = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last_path, weights_only=False)  # writes on rank 0 only
@@ -574,11 +620,18 @@ def _train(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
     summary["data"] = {"train": train_ds.report.as_dict(), "val": None if val_ds is None else val_ds.report.as_dict()}
     if anchor_fit is not None:
         summary["anchor_fit"] = anchor_fit
+    if summary["stopped_by"] is not None:
+        summary["resume_command"] = resume_command(cfg_path, run_dir)
     if trainer.is_global_zero:
-        if summary["stopped_by_time"]:
-            log.warning("runtime.max_minutes=%g reached at step %d of %d", cfg.runtime.max_minutes,
-                        trainer.global_step, cfg.optim.max_steps)
-        log.info("%s", _summary_line(summary))
+        if summary["stopped_by_signal"] and stop.stop_signum == stop.requeue_signum:
+            summary["requeued"] = requeue_slurm_job()
+        atomic_write(run_dir / "summary.json", lambda f: json.dump(json_ready(summary), f, indent=1))
+        line = _summary_line(summary)
+        if summary["stopped_by"] is None:
+            log.info("%s", line)
+        else:
+            log.warning("%s", line)
+            log.warning("resume with: %s", summary["resume_command"])
     return summary
 
 
@@ -588,7 +641,10 @@ def run_summary(cfg: TrainConfig, trainer: L.Trainer, module: DetectionModule, c
     validation), ``final_model`` (our format), ``global_step``, ``stopped_by_time``,
     ``final_metrics`` (last validation ``val/*`` and last training figures ``train/*``),
     ``collapse_alarm_steps``, ``nonfinite`` (``skipped_steps`` and the first events: step, reason,
-    image ids, loss terms), ``world_size``, ``wall_time_s``."""
+    image ids, loss terms), ``world_size``, ``wall_time_s``; how the run ended: ``stopped_by``
+    (None when it finished, a signal name such as ``"SIGTERM"``, or ``"max_minutes"``),
+    ``stopped_by_signal``, ``abandoned`` (``"step"`` / ``"validation"`` / None), ``max_steps`` and
+    ``exit_code`` (128 + the signal number after a signal, else 0)."""
     final_metrics: dict[str, float] = dict(module.last_train_metrics)  # train/* of the last step
     evaluation, best, probe = callbacks.evaluation, callbacks.best, callbacks.probe
     if evaluation is not None and evaluation.last_metrics is not None:
@@ -598,6 +654,13 @@ def run_summary(cfg: TrainConfig, trainer: L.Trainer, module: DetectionModule, c
         best_path = best.best_model_path
         best_score = None if best.best_model_score is None else float(best.best_model_score)
     rt = cfg.runtime
+    step = int(trainer.global_step)
+    stop = callbacks.stop
+    signum = None
+    if stop is not None and stop.stopping and (step < cfg.optim.max_steps or stop.abandoned is not None):
+        signum = stop.stop_signum  # (a signal in the last step, with nothing abandoned, is a finished run)
+    stopped_by = signal_name(signum) if signum is not None else (
+        "max_minutes" if rt.max_minutes is not None and step < cfg.optim.max_steps else None)
     return {
         "run_dir": str(run_dir),
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
@@ -605,7 +668,12 @@ def run_summary(cfg: TrainConfig, trainer: L.Trainer, module: DetectionModule, c
         "best_segm_AP": best_score,
         "final_model": str(run_dir / "model_final.pt"),
         "global_step": int(trainer.global_step),
-        "stopped_by_time": bool(rt.max_minutes is not None and trainer.global_step < cfg.optim.max_steps),
+        "max_steps": int(cfg.optim.max_steps),
+        "stopped_by": stopped_by,
+        "stopped_by_signal": signum is not None,
+        "stopped_by_time": stopped_by == "max_minutes",
+        "abandoned": None if signum is None else stop.abandoned,
+        "exit_code": stop_exit_code(signum),
         "final_metrics": final_metrics,
         "collapse_alarm_steps": [] if probe is None else list(probe.alarm_steps),
         "nonfinite": module.nonfinite.summary(),
@@ -639,8 +707,15 @@ def _fmt(v: Optional[float]) -> str:
 def _summary_line(s: dict[str, Any]) -> str:
     m = s["final_metrics"]
     alarms = s["collapse_alarm_steps"]
+    if s["stopped_by"] is None:
+        head = f"finished {s['global_step']} steps"
+    else:
+        by = s["stopped_by"] if s["stopped_by"] != "max_minutes" else "runtime.max_minutes"
+        head = f"stopped by {by} at step {s['global_step']} of {s['max_steps']}"
+        if s.get("abandoned"):
+            head += f" ({s['abandoned']} in progress abandoned)"
     return (
-        f"finished {s['global_step']} steps in {s['wall_time_s'] / 60:.1f} min | loss {_fmt(m.get('train/loss'))} | "
+        f"{head} in {s['wall_time_s'] / 60:.1f} min | loss {_fmt(m.get('train/loss'))} | "
         f"val bbox AP {_fmt(m.get('val/bbox_AP'))} segm AP {_fmt(m.get('val/segm_AP'))} | "
         f"best segm AP {_fmt(s['best_segm_AP'])} | collapse alarms {len(alarms)} | "
         f"non-finite steps skipped {s['nonfinite']['skipped_steps']} | run {s['run_dir']}"
