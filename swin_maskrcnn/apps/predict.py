@@ -3,7 +3,8 @@
     swin-maskrcnn predict --checkpoint CKPT --out preds.json [--viz DIR] [--score-thr T]
         [--max-per-img N] [--batch-size B] [--device D] [--scale LONG SHORT | --no-resize]
         [--slice H W [--overlap R] [--slice-batch B] [--with-full-image] [--merge nms|nmm] [--merge-iou T]
-        [--merge-metric iou|ios] [--class-agnostic-merge]] [--tta] [--tta-scales F ...] IMAGE_OR_DIR...
+        [--merge-metric iou|ios] [--class-agnostic-merge]] [--tta] [--tta-scales F ...]
+        [--max-image-pixels N] [--resume] IMAGE_OR_DIR...
 
 With ``--slice`` / ``--tta`` images are predicted by tiles / augmented views and merged
 (:mod:`swin_maskrcnn.inference`, docs/large_images.md).
@@ -19,8 +20,16 @@ otherwise. The output is a COCO results JSON list, one entry per detection::
 
 ``file_name`` is the path relative to the folder given on the command line (the file name for a
 file argument); ``category_id`` is the checkpoint's dataset category id, or label + 1 when the
-checkpoint stores none (mmdet files). The file is written atomically. An image that cannot be read
-gets one error line naming it; the others are still predicted and the exit status is 1.
+checkpoint stores none (mmdet files). An image that cannot be read or predicted (unreadable,
+truncated, above the decompression-bomb limit of ``--max-image-pixels`` / PIL's, a prediction that
+fails, e.g. out of memory) gets one error line naming it; the others are still predicted and the
+exit status is 1.
+
+Results are written as they come (``OUT.partial``, JSON lines, one per image:
+:mod:`~swin_maskrcnn.apps.partial_results`) and ``OUT`` is written atomically at the end. A stop
+signal (SIGTERM, Ctrl-C, SIGUSR1) ends the run after the image in progress, keeps the partial file,
+says how many images it holds and prints the command to continue (``--resume``); the exit status
+is 128 + the signal. A second Ctrl-C stops at once.
 
 Loading a model and predicting imports no Lightning, pycocotools, matplotlib or TensorBoard; only
 writing the JSON's RLE masks imports pycocotools.mask (:mod:`swin_maskrcnn.coco_results`), not COCOeval.
@@ -28,8 +37,10 @@ writing the JSON's RLE masks imports pycocotools.mask (:mod:`swin_maskrcnn.coco_
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +50,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.images import IMAGE_EXTENSIONS, load_rgb_image, pil_to_rgb_uint8
+from ..data.images import IMAGE_EXTENSIONS, ImageTooLargeError, load_rgb_image, pil_to_rgb_uint8
 from .options import add_inference_arguments, default_device, roi_overrides
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "ImageSource", "collect_images", "to_coco_results", "register_subcommand"]
+__all__ = ["Predictor", "ImageSource", "PredictionError", "collect_images", "image_error_line", "to_coco_results",
+           "register_subcommand"]
 
 #: mmdet's test resize, used when neither the model nor the caller gives one
 
@@ -108,8 +120,12 @@ class Predictor:
         slicing: Any = None,
         tta: Any = None,
         progress: bool = False,
+        max_image_pixels: Optional[int] = None,
         **overrides: Any,
     ) -> None:
+        if max_image_pixels is not None and max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
+        self.max_image_pixels = max_image_pixels  # decompression-bomb limit for files (None: PIL's)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(model_or_path, (str, os.PathLike)):
@@ -137,7 +153,7 @@ class Predictor:
     # --------------------------------------------------------------------------------------------
     def _as_array(self, item: ImageInput) -> tuple[Union[np.ndarray, Tensor], Optional[str]]:
         if isinstance(item, (str, os.PathLike)):
-            return load_rgb_image(item), str(item)
+            return load_rgb_image(item, max_pixels=self.max_image_pixels), str(item)
         if isinstance(item, (np.ndarray, Tensor)):
             return item, None
         if hasattr(item, "mode") and hasattr(item, "size"):  # a PIL image: the file reader's conversion
@@ -197,10 +213,22 @@ class Predictor:
             names.append(name)
             idx.append(i)
             if len(batch) == self.batch_size:
-                yield from zip(idx, self._run(batch, names, keep_images))
+                yield from self._run_each(batch, names, idx, keep_images)
                 batch, names, idx = [], [], []
         if batch:
-            yield from zip(idx, self._run(batch, names, keep_images))
+            yield from self._run_each(batch, names, idx, keep_images)
+
+    def _run_each(self, batch: list[Union[np.ndarray, Tensor]], names: list[Optional[str]], idx: list[int],
+                  keep_images: bool) -> list[tuple[int, Union[dict[str, Any], Exception]]]:
+        """``_run`` with per-image failures: a batch that fails is predicted again image by image,
+        and an image that fails alone yields (index, PredictionError) (e.g. masks that do not fit in memory)."""
+        try:
+            return list(zip(idx, self._run(batch, names, keep_images)))
+        except Exception as e:  # noqa: BLE001 - any failure is one image's error line, the others go on
+            if len(batch) > 1:
+                return [r for one in zip(batch, names, idx) for r in self._run_each([one[0]], [one[1]], [one[2]], keep_images)]
+            log.debug("prediction of %s failed", names[0], exc_info=True)
+            return [(idx[0], PredictionError(names[0], e))]
 
     def predict(self, images_or_paths: Union[ImageInput, Sequence[ImageInput]]) -> list[dict[str, Any]]:
         """Predictions for image paths, uint8 (H, W, 3) arrays, (3, H, W) tensors or PIL images, in order.
@@ -214,6 +242,29 @@ class Predictor:
                 raise r
             results.append(r)
         return results
+
+
+class PredictionError(RuntimeError):
+    """One image's prediction failed (out of memory, ...); the message names the image and the cause."""
+
+    def __init__(self, image: Optional[str], cause: BaseException) -> None:
+        text = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else ""
+        super().__init__(f"{image or 'image'}: prediction failed ({type(cause).__name__}{': ' + text if text else ''})")
+        self.image, self.cause = image, cause
+
+
+def image_error_line(exc: BaseException) -> str:
+    """The one error line of an image that could not be predicted; a too-large image names the limit
+    and the option that raises it."""
+    if isinstance(exc, ImageTooLargeError):
+        need = exc.width * exc.height
+        how = "raise" if exc.explicit else "if the image is legitimate (a scan, a satellite tile), set"
+        return f"{exc}; {how} the limit with --max-image-pixels {need} (Predictor(max_image_pixels=...)){SLICING_HINT}"
+    return str(exc)
+
+
+#: appended to the too-large line: the options for predicting large images in tiles
+SLICING_HINT = "; --slice H W predicts it in tiles (docs/large_images.md)"
 
 
 def to_coco_results(result: dict[str, Any], image: Optional[str] = None, file_name: Optional[str] = None) -> list[dict]:
@@ -264,6 +315,11 @@ def register_subcommand(sub: Any) -> None:
     size.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
                       help="keep-ratio test resize (default: the checkpoint's test scale)")
     size.add_argument("--no-resize", action="store_true", help="feed images at their own size")
+    p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help="decompression-bomb limit in pixels (width x height): larger files are an error line, files up "
+                        "to N are predicted (default: PIL's, 178956970)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT.partial (the images it holds are not predicted again)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from ..inference import options
 
@@ -284,7 +340,12 @@ def _viz_path(viz_dir: Path, file_name: str, used: set[Path]) -> Path:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..coco_results import save_results_json
+    from ..errors import ConfigError
+    from ..signals import DEFAULT_STOP_SIGNALS, StopSignals, exit_code
+    from .partial_results import PartialResults
+
+    if args.max_image_pixels is not None and args.max_image_pixels < 1:
+        raise ConfigError(f"--max-image-pixels must be >= 1, got {args.max_image_pixels}")
 
     roi = roi_overrides(args)
     scale: Union[str, tuple[int, int], None] = None if args.no_resize else (tuple(args.scale) if args.scale else "model")
@@ -292,7 +353,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     slicing, tta = options.from_args(args)
     predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, scale=scale,
-                          slicing=slicing, tta=tta, progress=not args.no_progress, **({"roi": roi} if roi else {}))
+                          slicing=slicing, tta=tta, progress=not args.no_progress,
+                          max_image_pixels=args.max_image_pixels, **({"roi": roi} if roi else {}))
     sources, errors = collect_images(args.inputs)
     for line in errors:
         print(f"swin-maskrcnn predict: error: {line}", file=sys.stderr)
@@ -300,21 +362,50 @@ def _cmd_predict(args: argparse.Namespace) -> int:
              predictor.scale or "none", predictor.device)
     viz_dir = Path(args.viz) if args.viz else None
     used: set[Path] = set()
-    results: list[dict] = []
+    settings = {"score_thr": args.score_thr, "max_per_img": args.max_per_img, "scale": predictor.scale,
+                "batch_size": args.batch_size, "max_image_pixels": args.max_image_pixels,
+                "slicing": None if slicing is None else repr(slicing), "tta": None if tta is None else repr(tta)}
+    partial = PartialResults(args.out, str(args.checkpoint), json.loads(json.dumps(settings)))
+    done = partial.start(resume=args.resume)
+    todo = [s for s in sources if str(s.path) not in done]
+    for s in sources:  # the resumed images keep their visualisation file names
+        if str(s.path) in done and viz_dir is not None:
+            _viz_path(viz_dir, s.file_name, used)
     failed = len(errors)
-    with tqdm(total=len(sources), desc="predict", unit="img", disable=args.no_progress, file=sys.stderr) as bar:
-        for i, r in predictor.iter_predict((s.path for s in sources), keep_images=viz_dir is not None):
-            src = sources[i]
-            bar.update(1)
-            if isinstance(r, Exception):
-                failed += 1
-                tqdm.write(f"swin-maskrcnn predict: error: {r}", file=sys.stderr)
-                continue
-            results.extend(to_coco_results(r, str(src.path), src.file_name))
-            if viz_dir is not None:
-                _write_viz(predictor, r, _viz_path(viz_dir, src.file_name, used), args.display_thr)
-    save_results_json(results, args.out)
-    n_ok = len(sources) - (failed - len(errors))
+    stop = StopSignals(DEFAULT_STOP_SIGNALS, what="predict",
+                       force_message=lambda: f"the results so far are in {partial.path} (continue with --resume)")
+    stop.install()
+    try:
+        with tqdm(total=len(sources), initial=len(sources) - len(todo), desc="predict", unit="img",
+                  disable=args.no_progress, file=sys.stderr) as bar:
+            for i, r in predictor.iter_predict((s.path for s in todo), keep_images=viz_dir is not None):
+                src = todo[i]
+                bar.update(1)
+                if not isinstance(r, Exception):
+                    try:
+                        entries = to_coco_results(r, str(src.path), src.file_name)
+                        if viz_dir is not None:
+                            _write_viz(predictor, r, _viz_path(viz_dir, src.file_name, used), args.display_thr)
+                    except Exception as e:  # noqa: BLE001 - e.g. RLE-encoding masks too large for memory
+                        r = PredictionError(str(src.path), e)
+                    else:
+                        partial.add(str(src.path), src.file_name, entries)
+                if isinstance(r, Exception):
+                    failed += 1
+                    tqdm.write(f"swin-maskrcnn predict: error: {image_error_line(r)}", file=sys.stderr)
+                if stop.requested:
+                    break
+    finally:
+        stop.restore()
+        partial.close()
+    n_ok = sum(1 for s in sources if str(s.path) in partial.done)
+    if stop.requested:
+        argv = list(getattr(args, "argv", None) or sys.argv[1:])
+        again = " ".join(shlex.quote(a) for a in ["swin-maskrcnn", *argv, *([] if "--resume" in argv else ["--resume"])])
+        print(f"stopped by {stop.name} after {n_ok} of {len(sources)} images: their results are kept in "
+              f"{partial.path}; continue with:\n  {again}", file=sys.stderr, flush=True)
+        return exit_code(stop.signum)  # type: ignore[arg-type]
+    results = partial.finish([str(s.path) for s in sources])
     print(f"{len(results)} detections on {n_ok} images written to {args.out}"
           + (f"; {failed} inputs failed" if failed else ""))
     return 1 if failed else 0

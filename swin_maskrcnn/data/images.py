@@ -5,13 +5,16 @@ same way everywhere. Imports only PIL and numpy (no pycocotools): predicting sta
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+import warnings
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["load_rgb_image", "pil_to_rgb_uint8", "IMAGE_EXTENSIONS"]
+__all__ = ["load_rgb_image", "pil_to_rgb_uint8", "IMAGE_EXTENSIONS", "ImageTooLargeError", "default_max_pixels"]
 
 #: file extensions ``predict`` collects from folders (lower case)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -49,16 +52,69 @@ def pil_to_rgb_uint8(img: Image.Image) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
-def load_rgb_image(path: Union[str, Path]) -> np.ndarray:
+class ImageTooLargeError(ValueError):
+    """An image with more pixels than the decompression-bomb limit (``width``, ``height``, ``limit``)."""
+
+    def __init__(self, path: Path, width: int, height: int, limit: int, explicit: bool) -> None:
+        whose = "the --max-image-pixels / max_image_pixels limit" if explicit else "PIL's decompression-bomb limit"
+        super().__init__(f"{path}: {width}x{height} = {width * height:,} pixels is above {whose} of {limit:,} pixels")
+        self.path, self.width, self.height, self.limit, self.explicit = path, width, height, limit, explicit
+
+
+def default_max_pixels() -> Optional[int]:
+    """PIL's own limit: ``Image.open`` refuses images above 2 x ``Image.MAX_IMAGE_PIXELS`` (178,956,970
+    by default; it only warns between 1x and 2x)."""
+    m = Image.MAX_IMAGE_PIXELS
+    return None if m is None else 2 * int(m)
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pil_limit_off() -> Iterator[None]:
+    """PIL's global decompression-bomb check off (we check the header's size ourselves)."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    with _pil_limit_off(), Image.open(path) as img:
+        return img.size
+
+
+def load_rgb_image(path: Union[str, Path], max_pixels: Optional[int] = None) -> np.ndarray:
     """Reads an image with PIL, applies its EXIF orientation and returns uint8 RGB (H, W, 3).
-    Raises FileNotFoundError / ValueError (unreadable) naming the path."""
+
+    ``max_pixels``: the decompression-bomb limit (width x height) for this image; None keeps PIL's
+    (:func:`default_max_pixels`). An image above it raises :class:`ImageTooLargeError` (a
+    ValueError) before it is decoded. Raises FileNotFoundError / ValueError (unreadable) naming the path."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        with Image.open(path) as img:
+        if max_pixels is not None:
+            w, h = _header_size(path)
+            if w * h > int(max_pixels):
+                raise ImageTooLargeError(path, w, h, int(max_pixels), explicit=True)
+            context = _pil_limit_off()
+        else:
+            context = contextlib.nullcontext()
+        with context, Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
             return pil_to_rgb_uint8(img)
+    except ImageTooLargeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        w, h = _header_size(path)
+        raise ImageTooLargeError(path, w, h, default_max_pixels() or w * h, explicit=False) from exc
     except (OSError, SyntaxError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
         raise ValueError(f"cannot read image {path}: {exc}") from exc

@@ -12,6 +12,7 @@ point, so that the tests hit a given phase every time instead of racing a timer:
   went to the temporary file and before it is renamed into place; ``SIGINT*2@checkpoint:NAME``
   sends two Ctrl-C there (the second stops at once);
 * ``SIGNAME@rank:R@step:K``: as ``step:K``, on DDP rank R only;
+* ``SIGNAME@image:K``: ``predict``, right after the K-th image has been predicted;
 * ``none``: no signal.
 
 Each injection also prints ``TRIGGERED <what>`` on stderr (flushed) once.
@@ -97,6 +98,21 @@ def arm(trigger: str) -> None:
             return atomic_write(path, write, binary=True)
 
         checkpoint_io.atomic_torch_save = atomic_torch_save
+    elif kind == "image":  # predict: after the K-th image's prediction (1-based)
+        from swin_maskrcnn.apps import predict
+
+        original_run = predict.Predictor._run
+        count_images = {"n": 0}
+
+        def _run(self, images, names, keep_images=False):
+            out = original_run(self, images, names, keep_images)
+            count_images["n"] += len(images)
+            if not fired["done"] and count_images["n"] >= int(arg):
+                fired["done"] = True
+                _send(sig, count, f"image {arg}")
+            return out
+
+        predict.Predictor._run = _run
     else:
         raise SystemExit(f"unknown trigger {trigger!r}")
 

@@ -27,10 +27,7 @@ from swin_maskrcnn.training.checkpoint_io import checkpoint_step, resolve_resume
 from swin_maskrcnn.training.config import TrainConfig, config_from_dict, save_config
 from swin_maskrcnn.training.train import train
 
-try:  # the helpers moved into conftest with the test layout of this round
-    from conftest import make_tiny_coco, tiny_train_config
-except ImportError:  # pragma: no cover - before that layout
-    from test_training import make_tiny_coco, tiny_train_config
+from conftest import make_tiny_coco, tiny_train_config
 
 WORKER = Path(__file__).resolve().parent / "signal_worker.py"
 STEPS = 8
