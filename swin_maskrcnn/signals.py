@@ -8,6 +8,9 @@ job then finishes the unit of work in progress, saves, and exits with :func:`exi
 success. A second Ctrl-C while stopping exits at once (``os._exit(130)``, nothing saved) after one
 line saying so; any other signal while stopping is logged and ignored (the save in progress goes on).
 
+A signal that is ignored when the job starts (``nohup``, a background job of a non-interactive
+shell ignores SIGINT) stays ignored, as Python itself does for SIGINT.
+
 Imports only the standard library (``predict`` stays free of Lightning).
 """
 from __future__ import annotations
@@ -96,9 +99,16 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             log.debug("not the main thread: stop signals are not handled")
             return self
-        for s in self.signals:
+        for s in list(self.signals):
+            current = signal.getsignal(s)
+            if current is signal.SIG_IGN:
+                # ignored when the job started (nohup, a background job of a script): it stays ignored,
+                # as Python itself keeps an ignored SIGINT
+                log.debug("%s is ignored by this process: left ignored", signal_name(s))
+                self.signals.remove(s)
+                continue
             if s not in self._previous:
-                self._previous[s] = signal.getsignal(s)
+                self._previous[s] = current
             signal.signal(s, self._handle)
         self.active = True
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,12 @@ from swin_maskrcnn.data.images import ImageTooLargeError, default_max_pixels, lo
 from swin_maskrcnn.modeling.config import tiny_model_config
 
 from conftest import make_tiny_coco, tiny_train_config
+
+def _default_signals() -> None:
+    """In the child: SIGINT as in a terminal (a test runner started in the background ignores it, and
+    an ignored signal stays ignored, as for any well-behaved program)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 WORKER = Path(__file__).resolve().parents[1] / "integration" / "signal_worker.py"
 BIG = 14000
@@ -155,7 +162,7 @@ def test_sigterm_during_a_folder_keeps_the_results_and_resume_finishes_it(ckpt, 
     out = tmp_path / "preds.json"
     args = _args(ckpt, out, many)
     proc = subprocess.run([sys.executable, str(WORKER), "SIGTERM@image:4", "--", *args], capture_output=True,
-                          text=True, env=env, timeout=300, cwd=str(tmp_path))
+                          text=True, env=env, timeout=300, cwd=str(tmp_path), preexec_fn=_default_signals)
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert "stopped by SIGTERM after 4 of 10 images: their results are kept in" in proc.stderr
     assert not out.exists()
@@ -164,7 +171,7 @@ def test_sigterm_during_a_folder_keeps_the_results_and_resume_finishes_it(ckpt, 
     again = shlex.split(proc.stderr.strip().splitlines()[-1])
     assert again[0] == "swin-maskrcnn" and again[-1] == "--resume"
     resumed = subprocess.run([sys.executable, str(WORKER), "none", "--", *again[1:]], capture_output=True, text=True,
-                             env=env, timeout=300, cwd=str(tmp_path))
+                             env=env, timeout=300, cwd=str(tmp_path), preexec_fn=_default_signals)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "4 images already predicted" in resumed.stderr and not partial_path(out).exists()
     reference = tmp_path / "reference.json"

@@ -29,6 +29,12 @@ from swin_maskrcnn.training.train import train
 
 from conftest import make_tiny_coco, tiny_train_config
 
+def _default_signals() -> None:
+    """In the child: SIGINT as in a terminal (a test runner started in the background ignores it, and
+    an ignored signal stays ignored, as for any well-behaved program)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 WORKER = Path(__file__).resolve().parent / "signal_worker.py"
 STEPS = 8
 TIMEOUT = 300
@@ -81,7 +87,8 @@ def _worker(trigger: str, args: list[str]) -> list[str]:
 
 
 def _run(cmd: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT, cwd=str(cwd))
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT, cwd=str(cwd),
+                          preexec_fn=_default_signals)
 
 
 def _cli(args: list[str]) -> list[str]:
@@ -140,7 +147,7 @@ def test_external_sigterm_during_training_saves_exits_143_and_resumes_to_the_sam
     run = tmp_path / "term"
     log = open(tmp_path / "term.err", "w+")
     proc = subprocess.Popen(_cli(["train", "--config", str(yaml_path)]), stdout=subprocess.PIPE, stderr=log,
-                            text=True, env=_env(), cwd=str(tmp_path))
+                            text=True, env=_env(), cwd=str(tmp_path), preexec_fn=_default_signals)
     try:
         first = run / "checkpoints" / "step_0000002.ckpt"
         deadline = time.time() + TIMEOUT
@@ -309,3 +316,26 @@ def test_stop_signal_config_is_checked(data, tmp_path):
     d["runtime"]["run_name"] = None
     with pytest.raises(ConfigError, match="runtime.requeue_on=SIGUSR1 needs runtime.run_name"):
         train(config_from_dict(d))
+
+
+def test_stop_signals_record_the_first_signal_and_leave_ignored_ones_ignored():
+    """In this process, with real signals: the first one is recorded and reaches on_signal, a
+    second SIGTERM is ignored, handlers are restored; a signal ignored beforehand stays ignored."""
+    from swin_maskrcnn.signals import StopSignals, exit_code
+
+    seen = []
+    before_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before_term = signal.getsignal(signal.SIGTERM)
+    try:
+        stop = StopSignals(["SIGTERM", "SIGINT"], on_signal=seen.append).install()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and stop.signals == [signal.SIGTERM]
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.time() + 10
+        while not seen and time.time() < deadline:
+            time.sleep(0.01)
+        assert seen == [signal.SIGTERM] and stop.name == "SIGTERM" and exit_code(stop.signum) == 143
+        stop.restore()
+        assert signal.getsignal(signal.SIGTERM) is before_term
+    finally:
+        signal.signal(signal.SIGINT, before_int)
