@@ -193,7 +193,8 @@ def test_resume_rules(ckpt, many, tmp_path, capsys, caplog):
     from swin_maskrcnn.apps.partial_results import PartialResults
 
     capsys.readouterr()
-    settings = {"score_thr": 0.0, "max_per_img": 2, "scale": [128, 96], "batch_size": 1, "max_image_pixels": None}
+    settings = {"score_thr": 0.0, "max_per_img": 2, "scale": [128, 96], "batch_size": 1, "max_image_pixels": None,
+                "slicing": None, "tta": None}
     writer = PartialResults(out, str(ckpt), settings)
     writer.start(resume=False)
     full = json.loads((tmp_path / "full.json").read_text())
