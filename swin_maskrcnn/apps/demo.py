@@ -46,6 +46,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from .options import HelpFormatter
+
 log = logging.getLogger(__name__)
 
 __all__ = ["run_demo", "prepare_demo", "train_demo", "evaluate_demo", "draw_demo", "default_config_path",
@@ -538,7 +540,7 @@ def register_subcommand(sub: Any) -> None:
             "evaluates on held-out images with COCOeval, writes overlays and loss/AP curves to --out, and "
             "prints one line 'demo: box AP x, mask AP y' on stdout (everything else goes to stderr)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", default="demo_out", help="output folder (data, run, overlays, curves, metrics.json)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's optim.max_steps)")

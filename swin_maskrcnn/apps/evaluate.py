@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..modeling.config import COMPILE_MODES
-from .options import add_inference_arguments, default_device, roi_overrides
+from .options import HelpFormatter, add_inference_arguments, default_device, roi_overrides
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def register_subcommand(sub: Any) -> None:
             "annotation file with pycocotools' COCOeval. The checkpoint's category mapping must match the "
             "annotation file's categories."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file")
     p.add_argument("--ann", required=True, help="COCO annotation json")

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from .options import HelpFormatter
+
 log = logging.getLogger(__name__)
 
 __all__ = ["export_safetensors", "register_subcommand"]
@@ -98,7 +100,7 @@ def register_subcommand(sub: Any) -> None:
             "safetensors: the weights with the model config, class names and dataset category ids as metadata, "
             "read back exactly by swin_maskrcnn.load_model. onnx: one graph from a uint8 image to detections."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--format", required=True, choices=["safetensors", "onnx"], help="output format")
     p.add_argument("--checkpoint", required=True, help="checkpoint file to export")

@@ -1,5 +1,5 @@
-"""Command-line options shared by ``evaluate`` and ``predict``: the ``roi`` overrides, their checks and
-the device default, written once.
+"""Command-line options shared by the commands: the ``--help`` formatter, and for ``evaluate`` and
+``predict`` the ``roi`` overrides, their checks and the device default, written once.
 
     add_inference_arguments(parser)        # --score-thr, --max-per-img, --batch-size, --device
     roi = roi_overrides(args)              # {"score_thr": ..., "max_per_img": ...} of the given ones
@@ -14,7 +14,18 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["add_inference_arguments", "roi_overrides", "default_device"]
+__all__ = ["HelpFormatter", "add_inference_arguments", "roi_overrides", "default_device"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults in ``--help``, said once: not added where the text already says
+    "(default: ...)", nor for a None default (the text says what None means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default is None:
+            return text
+        return super()._get_help_string(action) or text
 
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:

@@ -51,14 +51,12 @@ import torch
 from torch import Tensor, nn
 
 from ..data.images import IMAGE_EXTENSIONS, ImageTooLargeError, load_rgb_image, pil_to_rgb_uint8
-from .options import add_inference_arguments, default_device, roi_overrides
+from .options import HelpFormatter, add_inference_arguments, default_device, roi_overrides
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "ImageSource", "PredictionError", "collect_images", "image_error_line", "to_coco_results",
            "register_subcommand"]
-
-#: mmdet's test resize, used when neither the model nor the caller gives one
 
 PathLike = Union[str, os.PathLike]
 ImageInput = Union[PathLike, np.ndarray, Tensor, Any]  # Any: a PIL image
@@ -301,7 +299,7 @@ def register_subcommand(sub: Any) -> None:
             "image files and folders (searched recursively). Writes a COCO results JSON (image, file_name, "
             "category_id, bbox xywh, score, RLE segmentation) and, with --viz, one PNG per image."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and folders")
     p.add_argument("--checkpoint", required=True, help="checkpoint file")

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .options import HelpFormatter
+
 __all__ = ["register_subcommand"]
 
 
@@ -28,7 +30,7 @@ def register_subcommand(sub: Any) -> None:
             "Unknown keys and out-of-range values are errors naming the key. The resolved config is saved "
             "as config.yaml in the run folder (runtime.out_dir/runtime.run_name)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--config", required=True, help="training config YAML (e.g. configs/swin_t_coco_1x.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, applied last")

@@ -1,16 +1,41 @@
-"""Batching: collate, mmdet's aspect-ratio grouped batch sampler, and the dataloader builder.
+"""Batching and data order: collate, the epoch order, mmdet's aspect-ratio grouped batch sampler,
+the dataloader builder, and the training run's resumable order (:class:`RunBatchSampler`,
+:class:`SeededSamples`).
 
 No padding happens here: ``collate`` returns lists of differently sized images and their targets;
 the model pads each batch (bottom/right, to a multiple of 32) itself, after normalising.
+
+Data order. Training is iteration based: Lightning runs ONE epoch of ``max_steps x
+accumulate_grad_batches`` batches, produced by :class:`RunBatchSampler`, which walks through
+data epochs internally. Data epoch ``e``'s batches are mmdet's aspect-ratio grouped batches of the
+permutation seeded by ``data.seed + e`` (:class:`AspectRatioGroupedBatchSampler`); rank ``r``
+of ``W`` takes batches ``r, r + W, ...``. Every sample's augmentation is seeded from
+(``data.seed``, epoch, index) (:class:`SeededSamples`), so it does not depend on workers or ranks.
+On resume the sampler starts at batch ``global_step x accumulate_grad_batches`` of that stream, so
+the resumed run sees exactly the batches, in the same order and with the same augmentations, as an
+uninterrupted one (with Lightning's ``fit(ckpt_path=...)`` restoring model, optimiser, scheduler,
+step and callbacks). Because the sampler shards across ranks itself, the Trainer runs with
+``use_distributed_sampler=False`` (Lightning's DistributedSampler injection would not know our
+batch sampler).
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-__all__ = ["collate", "AspectRatioGroupedBatchSampler", "build_dataloader", "dataset_aspect_ratios"]
+__all__ = [
+    "collate",
+    "epoch_order",
+    "AspectRatioGroupedBatchSampler",
+    "build_dataloader",
+    "dataset_aspect_ratios",
+    "sample_seed",
+    "SeededSamples",
+    "RunBatchSampler",
+]
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
@@ -19,6 +44,16 @@ def collate(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tens
     images = [item[0] for item in batch]
     targets = [item[1] for item in batch]
     return images, targets
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """The visiting order of data epoch ``epoch``: a permutation of ``range(n)`` drawn from
+    ``torch.Generator().manual_seed(seed + epoch)``, or ``range(n)`` without shuffling."""
+    if not shuffle:
+        return list(range(n))
+    g = torch.Generator()
+    g.manual_seed(int(seed) + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
 
 
 def dataset_aspect_ratios(dataset: Dataset) -> list[float]:
@@ -68,12 +103,7 @@ class AspectRatioGroupedBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def _order(self, epoch: int) -> list[int]:
-        n = len(self.aspect_ratios)
-        if not self.shuffle:
-            return list(range(n))
-        g = torch.Generator()
-        g.manual_seed(self.seed + epoch)
-        return torch.randperm(n, generator=g).tolist()
+        return epoch_order(len(self.aspect_ratios), self.seed, epoch, self.shuffle)
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch = self.epoch
@@ -132,3 +162,96 @@ def build_dataloader(
         )
         return DataLoader(dataset, batch_sampler=batch_sampler, **common)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, **common)
+
+
+# ------------------------------------------------------------------------------------------------
+# the training run's data order
+# ------------------------------------------------------------------------------------------------
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Augmentation seed of dataset ``index`` in data epoch ``epoch``."""
+    digest = hashlib.blake2b(f"sample:{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset whose transforms use torch's global CPU generator: item ``(index, seed)`` is
+    ``dataset[index]`` computed under ``seed``; the caller's RNG state is left untouched."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(int(seed))
+            return self.dataset[int(index)]
+
+
+class RunBatchSampler(Sampler[list[tuple[int, int]]]):
+    """All training batches of one rank for the whole run (see the module docstring, "Data order").
+
+    ``len()`` is ``num_batches`` (the whole run); iteration starts at ``start_batch`` (resume).
+    Items are ``(dataset index, augmentation seed)`` pairs for :class:`SeededSamples`.
+    """
+
+    def __init__(
+        self,
+        aspect_ratios: Sequence[float],
+        batch_size: int,
+        num_batches: int,
+        seed: int = 0,
+        group_by_aspect_ratio: bool = True,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        self.aspect_ratios = [float(a) for a in aspect_ratios]
+        self.batch_size = int(batch_size)
+        self.num_batches = int(num_batches)
+        self.seed = int(seed)
+        self.group = bool(group_by_aspect_ratio)
+        self.shuffle = bool(shuffle)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.start_batch = int(start_batch)
+        total = len(self.epoch_batches(0))
+        self.batches_per_epoch = len(range(self.rank, total, self.world_size))
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.aspect_ratios)} training images make {total} batches of {batch_size}: "
+                f"not enough for {world_size} ranks"
+            )
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Every rank's batches of data epoch ``epoch`` (identical on all ranks)."""
+        if self.group:
+            s = AspectRatioGroupedBatchSampler(self.aspect_ratios, self.batch_size, shuffle=self.shuffle, seed=self.seed)
+            s.set_epoch(epoch)
+            return list(iter(s))
+        order = epoch_order(len(self.aspect_ratios), self.seed, epoch, self.shuffle)
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def position(self, batch: int) -> tuple[int, int]:
+        """(data epoch, batch within this rank's share of the epoch) of run batch ``batch``."""
+        return divmod(batch, self.batches_per_epoch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        produced = self.start_batch
+        epoch, offset = self.position(produced)
+        while produced < self.num_batches:
+            mine = self.epoch_batches(epoch)[self.rank::self.world_size]
+            for batch in mine[offset:]:
+                if produced >= self.num_batches:
+                    return
+                yield [(i, sample_seed(self.seed, epoch, i)) for i in batch]
+                produced += 1
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:
+        return self.num_batches

@@ -1,6 +1,7 @@
 """Loss functions with explicit weights, reductions and avg_factor, as mmdet computes them.
 
-Every function returns an element-wise loss multiplied by ``weight`` and reduced by ``reduce_loss``:
+Every function returns an element-wise loss multiplied by ``weight`` and reduced
+(:func:`weight_reduce_loss`):
 ``"none"`` keeps the elements, ``"sum"`` sums them, ``"mean"`` divides the sum by
 ``avg_factor + eps`` when an avg_factor is given (mmdet's ``weight_reduce_loss``) or by the element
 count otherwise. ``eps`` keeps the division finite when a batch samples nothing.
@@ -30,6 +31,14 @@ def reduce_loss(loss: Tensor, reduction: Reduction, avg_factor: Optional[float],
     raise ValueError(f"unknown reduction {reduction!r}; expected 'none', 'sum' or 'mean'")
 
 
+def weight_reduce_loss(loss: Tensor, weight: Optional[Tensor], reduction: Reduction, avg_factor: Optional[float],
+                       eps: float) -> Tensor:
+    """mmdet's ``weight_reduce_loss``: ``loss * weight`` (when given), then :func:`reduce_loss`."""
+    if weight is not None:
+        loss = loss * weight
+    return reduce_loss(loss, reduction, avg_factor, eps)
+
+
 def sigmoid_bce(
     logits: Tensor,
     targets: Tensor,
@@ -40,9 +49,7 @@ def sigmoid_bce(
 ) -> Tensor:
     """Binary cross-entropy on logits; ``weight`` is per element (e.g. positive-sample weights)."""
     loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
-    if weight is not None:
-        loss = loss * weight
-    return reduce_loss(loss, reduction, avg_factor, eps)
+    return weight_reduce_loss(loss, weight, reduction, avg_factor, eps)
 
 
 def softmax_ce(
@@ -55,9 +62,7 @@ def softmax_ce(
 ) -> Tensor:
     """Softmax cross-entropy over classes; ``weight`` is per sample."""
     loss = F.cross_entropy(logits.float(), labels.long(), reduction="none")
-    if weight is not None:
-        loss = loss * weight
-    return reduce_loss(loss, reduction, avg_factor, eps)
+    return weight_reduce_loss(loss, weight, reduction, avg_factor, eps)
 
 
 def box_regression_loss(
@@ -78,9 +83,7 @@ def box_regression_loss(
         loss = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
     else:
         raise ValueError(f"unknown box loss {kind!r}; expected 'l1' or 'smooth_l1'")
-    if weight is not None:
-        loss = loss * weight
-    return reduce_loss(loss, reduction, avg_factor, eps)
+    return weight_reduce_loss(loss, weight, reduction, avg_factor, eps)
 
 
 def sigmoid_focal(
@@ -95,6 +98,4 @@ def sigmoid_focal(
 ) -> Tensor:
     """Sigmoid focal loss (Lin et al. 2017) per element, via ``torchvision.ops.sigmoid_focal_loss``."""
     loss = sigmoid_focal_loss(logits.float(), targets.float(), alpha=alpha, gamma=gamma, reduction="none")
-    if weight is not None:
-        loss = loss * weight
-    return reduce_loss(loss, reduction, avg_factor, eps)
+    return weight_reduce_loss(loss, weight, reduction, avg_factor, eps)

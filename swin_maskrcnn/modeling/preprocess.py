@@ -66,7 +66,10 @@ def to_chw_255(image: ImageLike) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) RGB array, got shape {image.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        arr = np.ascontiguousarray(image)
+        if not arr.flags.writeable:  # np.asarray(PIL image) is read-only: torch warns on sharing it
+            arr = arr.copy()
+        t = torch.from_numpy(arr).permute(2, 0, 1)
     elif isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) RGB tensor, got shape {tuple(image.shape)}")

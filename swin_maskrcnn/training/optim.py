@@ -28,21 +28,11 @@ from .config import OptimConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["split_decay_names", "build_param_groups", "build_optimizer", "lr_factor", "build_scheduler"]
+__all__ = ["build_param_groups", "build_optimizer", "lr_factor", "build_scheduler"]
 
 
 def _matches(name: str, keys: Sequence[str]) -> bool:
     return any(k in name for k in keys)
-
-
-def split_decay_names(model: nn.Module, no_decay_keys: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(names with decay, names without decay) of the trainable parameters of ``model``."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if _matches(name, no_decay_keys) else decay).append(name)
-    return decay, no_decay
 
 
 def build_param_groups(model: nn.Module, weight_decay: float, no_decay_keys: Sequence[str]) -> list[dict]:

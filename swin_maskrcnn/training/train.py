@@ -15,23 +15,14 @@ of an optimizer step on every rank; ``last.ckpt``, ``model_final.pt`` and ``summ
 written as at the end of a run, and the summary says ``stopped_by`` with the resume command
 (``training/stop.py``).
 
-Data order. Training is iteration based: Lightning runs ONE epoch of ``max_steps x
-accumulate_grad_batches`` batches, produced by :class:`RunBatchSampler`, which walks through
-data epochs internally. Data epoch ``e``'s batches are mmdet's aspect-ratio grouped batches of the
-permutation seeded by ``data.seed + e`` (``data.loader.AspectRatioGroupedBatchSampler``); rank ``r``
-of ``W`` takes batches ``r, r + W, ...``. Every sample's augmentation is seeded from
-(``data.seed``, epoch, index) (:class:`SeededSamples`), so it does not depend on workers or ranks.
-On resume the sampler starts at batch ``global_step x accumulate_grad_batches`` of that stream, so
-the resumed run sees exactly the batches, in the same order and with the same augmentations, as an
-uninterrupted one (with Lightning's ``fit(ckpt_path=...)`` restoring model, optimiser, scheduler,
-step and callbacks). Because the sampler shards across ranks itself, the Trainer runs with
-``use_distributed_sampler=False`` (Lightning's DistributedSampler injection would not know our
-batch sampler).
+Data order: :class:`~swin_maskrcnn.data.loader.RunBatchSampler` (the whole run's batches, resumable,
+sharded across ranks) and :class:`~swin_maskrcnn.data.loader.SeededSamples` (per-sample augmentation
+seeds); see :mod:`swin_maskrcnn.data.loader`. Because the sampler shards across ranks itself, the
+Trainer runs with ``use_distributed_sampler=False``.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import importlib.util
 import logging
@@ -43,13 +34,13 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint.loader import read_checkpoint
 from ..checkpoint.native import save_checkpoint
@@ -57,7 +48,7 @@ from .checkpoint_io import AtomicCheckpointIO, checkpoint_step, resolve_resume
 from ..io_utils import OutputWriteError, atomic_write, check_writable, json_ready
 from ..data.coco import CocoInstanceDataset
 from ..data.validation import require_instances
-from ..data.loader import AspectRatioGroupedBatchSampler, collate
+from ..data.loader import RunBatchSampler, SeededSamples, collate, sample_seed  # noqa: F401 - re-exported
 from ..data.transforms import build_test_transforms, build_train_transforms
 from .module import BestCheckpoint, DetectionModule, PeriodicEvaluation
 from ..checkpoint.strict import load_state_dict_strict
@@ -107,105 +98,6 @@ CLASS_SPECIFIC_PREFIXES = (
     "roi_head.bbox_head.fc_reg.",
     "roi_head.mask_head.conv_logits.",
 )
-
-
-# ------------------------------------------------------------------------------------------------
-# data order
-# ------------------------------------------------------------------------------------------------
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """Augmentation seed of dataset ``index`` in data epoch ``epoch``."""
-    digest = hashlib.blake2b(f"sample:{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-class SeededSamples(Dataset):
-    """Wraps a dataset whose transforms use torch's global CPU generator: item ``(index, seed)`` is
-    ``dataset[index]`` computed under ``seed``; the caller's RNG state is left untouched."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(int(seed))
-            return self.dataset[int(index)]
-
-
-class RunBatchSampler(Sampler[list[tuple[int, int]]]):
-    """All training batches of one rank for the whole run (see the module docstring).
-
-    ``len()`` is ``num_batches`` (the whole run); iteration starts at ``start_batch`` (resume).
-    Items are ``(dataset index, augmentation seed)`` pairs for :class:`SeededSamples`.
-    """
-
-    def __init__(
-        self,
-        aspect_ratios: Sequence[float],
-        batch_size: int,
-        num_batches: int,
-        seed: int = 0,
-        group_by_aspect_ratio: bool = True,
-        shuffle: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-        start_batch: int = 0,
-    ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, {world_size})")
-        self.aspect_ratios = [float(a) for a in aspect_ratios]
-        self.batch_size = int(batch_size)
-        self.num_batches = int(num_batches)
-        self.seed = int(seed)
-        self.group = bool(group_by_aspect_ratio)
-        self.shuffle = bool(shuffle)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
-        self.start_batch = int(start_batch)
-        total = len(self.epoch_batches(0))
-        self.batches_per_epoch = len(range(self.rank, total, self.world_size))
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"{len(self.aspect_ratios)} training images make {total} batches of {batch_size}: "
-                f"not enough for {world_size} ranks"
-            )
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """Every rank's batches of data epoch ``epoch`` (identical on all ranks)."""
-        if self.group:
-            s = AspectRatioGroupedBatchSampler(self.aspect_ratios, self.batch_size, shuffle=self.shuffle, seed=self.seed)
-            s.set_epoch(epoch)
-            return list(iter(s))
-        n = len(self.aspect_ratios)
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + epoch)
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
-        return [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
-
-    def position(self, batch: int) -> tuple[int, int]:
-        """(data epoch, batch within this rank's share of the epoch) of run batch ``batch``."""
-        return divmod(batch, self.batches_per_epoch)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        produced = self.start_batch
-        epoch, offset = self.position(produced)
-        while produced < self.num_batches:
-            mine = self.epoch_batches(epoch)[self.rank::self.world_size]
-            for batch in mine[offset:]:
-                if produced >= self.num_batches:
-                    return
-                yield [(i, sample_seed(self.seed, epoch, i)) for i in batch]
-                produced += 1
-            epoch, offset = epoch + 1, 0
-
-    def __len__(self) -> int:
-        return self.num_batches
 
 
 class DetectionDataModule(L.LightningDataModule):

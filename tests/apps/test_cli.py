@@ -43,6 +43,20 @@ def test_every_action_has_help():
                 assert action.help, f"{name} {action.option_strings or action.dest} has no help"
 
 
+def test_help_says_each_default_once():
+    import re
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        text = " ".join(p.format_help().split())  # argparse wraps lines
+        twice = re.findall(r"\(default[^)]*\) \(default[^)]*\)", text)
+        assert twice == [], f"{name}: {twice}"
+        assert "(default: None)" not in text, name
+    evaluate_help = " ".join(sub.choices["evaluate"].format_help().split())
+    assert "images per forward pass (default: 1)" in evaluate_help  # argparse's own default still shown
+
+
 def test_print_config_and_config_errors(capsys):
     repo = Path(__file__).resolve().parents[2]
     cfg = repo / "configs" / "swin_t_coco_1x.yaml"

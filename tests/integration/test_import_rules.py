@@ -1,4 +1,4 @@
-"""The import rules that keep inference light (issue 8).
+"""The import rules that keep inference light.
 
 * ``import swin_maskrcnn``, ``swin_maskrcnn.load_model(path)`` and ``model.predict(...)`` import none
   of the training / evaluation / plotting stacks. Checked in a fresh interpreter (``sys.modules``),

@@ -12,10 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from swin_maskrcnn import SwinMaskRCNN, tiny_model_config
-from swin_maskrcnn.training.optim import split_decay_names
+from swin_maskrcnn.training.optim import build_param_groups
 from swin_maskrcnn.modeling.sampler import even_choice
 
 LN2 = math.log(2.0)
+
+
+def g_has(group: dict, param: torch.Tensor) -> bool:
+    return any(p is param for p in group["params"])
 
 
 def scene(h=128, w=160):
@@ -111,8 +115,10 @@ def test_learned_loss_weights_formula_and_learning():
     # The weights learn and are never weight-decayed.
     sum(out.values()).backward()
     assert m.learned_loss_weights.log_vars.grad.abs().min() > 0
-    decay, no_decay = split_decay_names(m, ["absolute_pos_embed", "relative_position_bias_table", "norm", "learned_loss_weights"])
-    assert "learned_loss_weights.log_vars" in no_decay
+    groups = build_param_groups(m, 0.05, ["absolute_pos_embed", "relative_position_bias_table", "norm",
+                                          "learned_loss_weights"])
+    no_decay = next(g for g in groups if g["group_name"] == "no_decay")
+    assert g_has(no_decay, m.learned_loss_weights.log_vars) and no_decay["weight_decay"] == 0.0
 
 
 @pytest.mark.parametrize("opts", [dict(rpn_cls_loss="focal", roi_cls_loss="sigmoid_focal"), dict(roi_sampler="ohem"), dict(learned_loss_weights=True)])

@@ -19,7 +19,8 @@ from swin_maskrcnn.training.monitoring import CollapseDetector
 from swin_maskrcnn.training.optim import lr_factor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from swin_maskrcnn.training.train import RunBatchSampler, SeededSamples, build_loggers, sample_seed, train
+from swin_maskrcnn.data.loader import RunBatchSampler, SeededSamples, sample_seed
+from swin_maskrcnn.training.train import build_loggers, train
 from swin_maskrcnn.training.config import TrainConfig
 
 from conftest import STEPS, make_tiny_coco, read_metrics_csv, tiny_train_config

@@ -48,14 +48,6 @@ def window_partition(x: Tensor, window_size: int) -> Tensor:
     return x.reshape(-1, w * w, C)
 
 
-def window_reverse(windows: Tensor, window_size: int, H: int, W: int) -> Tensor:
-    """Inverse of :func:`window_partition`: ``[B * nW, w * w, C]`` back to ``[B, H, W, C]``."""
-    w = window_size
-    C = windows.shape[-1]
-    x = windows.view(-1, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, H, W, C)
-
-
 def shift_window_mask(H_pad: int, W_pad: int, window_size: int, shift_size: int, device=None) -> Tensor:
     """Additive mask ``[nW, w*w, w*w]`` for shifted windows: 0 within a region, -100 across regions.
 

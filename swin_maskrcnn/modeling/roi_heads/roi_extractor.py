@@ -2,8 +2,8 @@
 
 Each RoI goes to level floor(log2(sqrt(w*h) / finest_scale + 1e-6)) clamped to the available levels
 (P2..P5), and is pooled with ``torchvision.ops.roi_align(aligned=True, sampling_ratio=0)`` at that
-level's ``1 / stride``. Output rows follow the input RoI order (predecessor bug B5), and each RoI
-keeps its batch index (bug B6).
+level's ``1 / stride``. Output rows follow the input RoI order (not grouped by level), and each
+RoI keeps its batch index.
 """
 from __future__ import annotations
 
