@@ -481,7 +481,44 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+class LocalSubject:
+    """One of :class:`LocalSubjects` (ours / tv_r50 / bb_ours / bb_tv_swin_t), timed in this process."""
+
+    def __init__(self, local: LocalSubjects, name: str, device: str) -> None:
+        self.local, self.name, self.device = local, name, device
+        self.fn: Optional[Callable[[], Any]] = None
+
+    def prepare(self, case: str, dtype: str, threads: int, flops: bool) -> dict:
+        """Build and warm up (and compile); info: ``flops``, ``dets``, or ``error``."""
+        try:
+            self.fn = self.local.prepare(self.name, case, dtype)
+            out, n_flops = warm_up(self.fn, flops)
+            return {"flops": n_flops, "dets": n_dets(out) if case.startswith("infer") else None}
+        except Exception as e:  # noqa: BLE001 - reported in the table, the others still run
+            self.fn = None
+            return {"error": error_text(e)}
+
+    def run(self, threads: int) -> tuple[float, float, Optional[int]]:
+        """(wall s, CPU s, peak bytes or None) of one repetition."""
+        assert self.fn is not None
+        return timed(self.fn, self.device)
+
+
+class MmdetSubject:
+    """mmdet / bb_mmdet, timed in the worker process of the mmdet venv (:class:`RemoteSubject`)."""
+
+    def __init__(self, remote: RemoteSubject, name: str) -> None:
+        self.remote, self.name = remote, name
+
+    def prepare(self, case: str, dtype: str, threads: int, flops: bool) -> dict:
+        return self.remote.ask({"cmd": "prepare", "case": case, "dtype": dtype, "threads": threads, "flops": flops})
+
+    def run(self, threads: int) -> tuple[float, float, Optional[int]]:
+        r = self.remote.ask({"cmd": "run", "threads": threads})
+        return r["time"], r["cpu"], r["peak"]
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
@@ -509,6 +546,68 @@ def main() -> None:
     ap.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--scenes", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.freeze and (not args.compile or "train2" in args.cases):
+        ap.error("--freeze needs --compile and inference cases only (frozen weights cannot train)")
+    return args
+
+
+def measure(subjects: list[Any], case: str, dtype: str, threads: int, reps: int, device: str, flops: bool,
+            peak_gflops: float) -> list[dict]:
+    """Rows of one (case, dtype, threads): every subject prepared, then ``reps`` alternating
+    repetitions; the first subject is ours, the ratios are ours / theirs (a failed subject gets an
+    ``error`` row)."""
+    torch.set_num_threads(threads)
+    info: dict[str, dict] = {}
+    for s in subjects:
+        t1 = time.perf_counter()
+        info[s.name] = dict(s.prepare(case, dtype, threads, flops))
+        info[s.name]["warmup_s"] = time.perf_counter() - t1
+        if "error" in info[s.name]:
+            log.warning("%s %s %s: cannot run: %s", case, dtype, s.name, info[s.name]["error"])
+    rows = [dict(case=case, dtype=dtype, threads=threads, subject=s.name, device=device, error=info[s.name]["error"])
+            for s in subjects if "error" in info[s.name]]
+    subjects = [s for s in subjects if "error" not in info[s.name]]
+    if not subjects:
+        return rows
+    times: dict[str, list[float]] = {s.name: [] for s in subjects}
+    cpus: dict[str, list[float]] = {s.name: [] for s in subjects}
+    mems: dict[str, list[int]] = {s.name: [] for s in subjects}
+    for rep in range(reps):
+        for s in subjects:
+            t, cpu, peak = s.run(threads)
+            times[s.name].append(t)
+            cpus[s.name].append(cpu)
+            if peak is not None:
+                mems[s.name].append(peak)
+            log.info("%s %s %dt rep %d %s: %.3f s (CPU %.3f s)", case, dtype, threads, rep, s.name, t, cpu)
+    first = subjects[0].name
+    ours_med, ours_cpu = statistics.median(times[first]), statistics.median(cpus[first])
+    for s in subjects:
+        med, cmed = statistics.median(times[s.name]), statistics.median(cpus[s.name])
+        rows.append(dict(case=case, dtype=dtype, threads=threads, subject=s.name, median=med, device=device,
+                         times=times[s.name], cpu=cmed, cpus=cpus[s.name],
+                         ratio=None if s.name == first else ours_med / med,
+                         cpu_ratio=None if s.name == first else ours_cpu / cmed,
+                         peak=max(mems[s.name]) if mems[s.name] else None, peak_gflops=peak_gflops,
+                         **info[s.name]))
+    return rows
+
+
+def bf16_speedups(rows: list[dict], device: str) -> list[str]:
+    """fp32 median / bf16 median of each subject (wall time on cuda, CPU time on the CPU)."""
+    key = "median" if device == "cuda" else "cpu"
+    out = []
+    for r in rows:
+        if r["dtype"] == "bf16" and "error" not in r:
+            for q in rows:
+                if q["dtype"] == "fp32" and "error" not in q and (q["case"], q["threads"], q["subject"]) == (r["case"], r["threads"], r["subject"]):
+                    out.append(f"{r['case']} {r['threads']}t {r['subject']}: bf16 {q[key] / r[key]:.2f}x faster than fp32 "
+                               f"({'wall' if key == 'median' else 'CPU'} time)")
+    return out
+
+
+def main() -> None:
+    args = parse_args()
     if args.worker:
         return worker_main(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -518,8 +617,6 @@ def main() -> None:
     except RuntimeError:
         pass
     if args.freeze:
-        if not args.compile or "train2" in args.cases:
-            ap.error("--freeze needs --compile and inference cases only (frozen weights cannot train)")
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
@@ -538,80 +635,31 @@ def main() -> None:
     t0 = time.perf_counter()
     local = LocalSubjects(ckpt, scenes, args.device, args.compile, args.repo)
     log.info("local subjects built in %.1f s", time.perf_counter() - t0)
+
+    def subject(name: str) -> Any:
+        if name in ("mmdet", "bb_mmdet"):
+            assert remote is not None
+            return MmdetSubject(remote, name)
+        return LocalSubject(local, name, args.device)
+
     peaks = {(d, t): matmul_peak(d, t, args.device) for d in args.dtypes for t in args.threads}
     log.info("matmul peaks GFLOP/s: %s", {f"{d}/{t}": round(v, 1) for (d, t), v in peaks.items()})
     rows: list[dict] = []
     try:
         for case in args.cases:
-            subjects = [s for s in [OURS[case]] + PEERS[case] if s in wanted]
+            names = [s for s in [OURS[case]] + PEERS[case] if s in wanted]
             for dtype in args.dtypes:
                 for threads in args.threads:
-                    torch.set_num_threads(threads)
-                    fns: dict[str, Callable[[], Any]] = {}
-                    info: dict[str, dict] = {s: {} for s in subjects}
-                    for s in subjects:
-                        t1 = time.perf_counter()
-                        if s in ("mmdet", "bb_mmdet"):
-                            assert remote is not None
-                            info[s].update(remote.ask({"cmd": "prepare", "case": case, "dtype": dtype,
-                                                       "threads": threads, "flops": not args.no_flops}))
-                        else:
-                            try:
-                                fns[s] = local.prepare(s, case, dtype)
-                                out, info[s]["flops"] = warm_up(fns[s], not args.no_flops)  # (and compilation)
-                                info[s]["dets"] = n_dets(out) if case.startswith("infer") else None
-                            except Exception as e:  # noqa: BLE001 - reported in the table, the others still run
-                                fns.pop(s, None)
-                                info[s]["error"] = error_text(e)
-                        info[s]["warmup_s"] = time.perf_counter() - t1
-                        if "error" in info[s]:
-                            log.warning("%s %s %s: cannot run: %s", case, dtype, s, info[s]["error"])
-                    failed = [s for s in subjects if "error" in info[s]]
-                    for s in failed:
-                        rows.append(dict(case=case, dtype=dtype, threads=threads, subject=s, device=args.device,
-                                         error=info[s]["error"]))
-                    subjects = [s for s in subjects if s not in failed]
-                    if not subjects:
-                        continue
-                    times: dict[str, list[float]] = {s: [] for s in subjects}
-                    cpus: dict[str, list[float]] = {s: [] for s in subjects}
-                    mems: dict[str, list[int]] = {s: [] for s in subjects}
-                    for rep in range(args.reps):
-                        for s in subjects:
-                            if s in fns:
-                                t, cpu, peak = timed(fns[s], args.device)
-                            else:
-                                r = remote.ask({"cmd": "run", "threads": threads})  # type: ignore[union-attr]
-                                t, cpu, peak = r["time"], r["cpu"], r["peak"]
-                            times[s].append(t)
-                            cpus[s].append(cpu)
-                            if peak is not None:
-                                mems[s].append(peak)
-                            log.info("%s %s %dt rep %d %s: %.3f s (CPU %.3f s)", case, dtype, threads, rep, s, t, cpu)
-                    ours_med = statistics.median(times[subjects[0]])
-                    ours_cpu = statistics.median(cpus[subjects[0]])
-                    for s in subjects:
-                        med, cmed = statistics.median(times[s]), statistics.median(cpus[s])
-                        rows.append(dict(case=case, dtype=dtype, threads=threads, subject=s, median=med, device=args.device,
-                                         times=times[s], cpu=cmed, cpus=cpus[s],
-                                         ratio=None if s == subjects[0] else ours_med / med,
-                                         cpu_ratio=None if s == subjects[0] else ours_cpu / cmed,
-                                         peak=max(mems[s]) if mems[s] else None, peak_gflops=peaks[(dtype, threads)],
-                                         **info[s]))
-                    print(table(rows[-len(subjects):]), flush=True)
+                    new = measure([subject(n) for n in names], case, dtype, threads, args.reps, args.device,
+                                  not args.no_flops, peaks[(dtype, threads)])
+                    rows.extend(new)
+                    if any("error" not in r for r in new):
+                        print(table([r for r in new if "error" not in r]), flush=True)
                     write_json(args, hw, peaks, rows)  # after every case: a later failure keeps what was measured
     finally:
         if remote is not None:
             remote.close()
-    # bf16 speed-up of each subject (fp32 median / bf16 median)
-    speedups = []
-    for r in rows:
-        if r["dtype"] == "bf16" and "error" not in r:
-            for q in rows:
-                if q["dtype"] == "fp32" and "error" not in q and (q["case"], q["threads"], q["subject"]) == (r["case"], r["threads"], r["subject"]):
-                    key = "median" if args.device == "cuda" else "cpu"
-                    speedups.append(f"{r['case']} {r['threads']}t {r['subject']}: bf16 {q[key] / r[key]:.2f}x faster than fp32 "
-                                    f"({'wall' if key == 'median' else 'CPU'} time)")
+    speedups = bf16_speedups(rows, args.device)
     text = (f"{hw}\nmatmul peak GFLOP/s: " + ", ".join(f"{d} {t}t {v:.0f}" for (d, t), v in peaks.items())
             + f"\nmedians of {args.reps} alternating repetitions after 1 warm-up; device {args.device}; malloc {args.malloc}"
             + (f"; ours compiled ({args.compile}{', freezing' if args.freeze else ''})" if args.compile else "")
