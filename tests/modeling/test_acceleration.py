@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pydantic import ValidationError
 
 from swin_maskrcnn import SwinMaskRCNN
 from swin_maskrcnn.modeling.acceleration import compile_dense, inference_autocast
+from swin_maskrcnn.modeling.config import COMPILE_MODES
 from swin_maskrcnn.modeling.config import tiny_model_config
-from swin_maskrcnn.training.config import RuntimeConfig
+from swin_maskrcnn.errors import ConfigError
+from swin_maskrcnn.training.config import config_from_dict
 
 
 def tiny_model() -> SwinMaskRCNN:
@@ -64,8 +65,10 @@ def test_inference_autocast_bf16_runs_the_model_in_bf16_and_fp32_is_a_no_op():
         inference_autocast("cpu", "fp16")  # type: ignore[arg-type]
 
 
-def test_runtime_compile_option_validates():
-    assert RuntimeConfig().compile is None
-    assert RuntimeConfig(compile="max-autotune").compile == "max-autotune"
-    with pytest.raises(ValidationError):
-        RuntimeConfig(compile="fast")
+def test_runtime_compile_option_takes_the_modes_compile_dense_knows():
+    data = {"train_ann": "a.json", "train_images": "images"}
+    assert config_from_dict({"data": data}).runtime.compile is None  # eager by default
+    for mode in COMPILE_MODES:  # the config accepts exactly the modes the model's compile step knows
+        assert config_from_dict({"data": data, "runtime": {"compile": mode}}).runtime.compile == mode
+    with pytest.raises(ConfigError, match=r"runtime\.compile: .*max-autotune.*\(got 'fast'\)"):
+        config_from_dict({"data": data, "runtime": {"compile": "fast"}})
