@@ -17,9 +17,9 @@ from swin_maskrcnn.data import CocoInstanceDataset, build_test_transforms
 from swin_maskrcnn.coco_results import predictions_to_coco_results, save_results_json
 from swin_maskrcnn.evaluation import evaluate_coco, evaluate_model, flatten_metrics
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
 from conftest import COCO128, NUCLEI, needs_coco128, needs_nuclei
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def gt_as_predictions(ds: CocoInstanceDataset, indices) -> tuple[list[dict], list[int]]:

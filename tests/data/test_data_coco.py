@@ -21,9 +21,9 @@ from swin_maskrcnn.data import (
     pil_to_rgb_uint8,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
 from conftest import COCO128, NUCLEI, needs_coco128, needs_nuclei
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import yaml
 from swin_maskrcnn.modeling.config import LossConfig, tiny_model_config
 from swin_maskrcnn.training.config import (
     ConfigError,
-    TrainConfig,
     apply_overrides,
     config_from_dict,
     dump_config,
