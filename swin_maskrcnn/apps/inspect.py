@@ -22,11 +22,12 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 from ..io_utils import atomic_write, json_ready
+from .options import HelpFormatter
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +376,7 @@ def register_subcommand(sub: Any) -> None:
             "annotations, and how well the RPN's anchors fit the objects after the training resize, with the "
             "anchors that fit best. Prints problems first, each with the config key to set. Writes only into --out."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--config", default=None, help="training config YAML (its data and model sections are used)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides (e.g. model.rpn.anchor_scales=[2])")
