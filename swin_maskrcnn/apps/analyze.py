@@ -30,7 +30,9 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
+
+from .options import HelpFormatter
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ def register_subcommand(sub: Any) -> None:
             "matrix, the F-beta-best score threshold per class, the worst images and report.html. Give a results "
             "file, or a checkpoint and the images to predict."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--ann", required=True, help="COCO annotation json (the ground truth)")
     src = p.add_mutually_exclusive_group(required=True)

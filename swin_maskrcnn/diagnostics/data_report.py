@@ -258,7 +258,7 @@ def build_report(
                 f"have an anchor at IoU >= {anchor_fit.pos_iou_thr} (bpr) and {cur.unmatched} have none at "
                 f">= {anchor_fit.min_pos_iou} (no positive anchor at all); the suggested anchors reach bpr {sug.bpr:.1%} "
                 f"with {sug.unmatched} unmatched"
-                + (f" (more boxes without a positive anchor than now: the small ones lose theirs; compare the per-size "
+                + (" (more boxes without a positive anchor than now: the small ones lose theirs; compare the per-size "
                    "table before switching)" if sug.unmatched > cur.unmatched else ""),
                 anchor_fit.override_line() + " (or model.rpn.auto_anchors=true)",
                 "error" if cur.unmatched > 0.1 * n else "warning"))
