@@ -23,6 +23,14 @@ SWIN_VARIANTS: dict[str, dict[str, tuple[int, ...] | int]] = {
     "swin_s": dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
     "swin_b": dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
 }
+#: Swin V2 widths (torchvision's ``swin_v2_t/s/b``; the same as V1's, with window 8)
+SWINV2_VARIANTS: dict[str, dict[str, tuple[int, ...] | int]] = {
+    "swinv2_t": dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "swinv2_s": dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "swinv2_b": dict(embed_dims=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+}
+#: window size of each backbone version when ``window_size`` is not given (mmdet's V1 7, torchvision's V2 8)
+DEFAULT_WINDOW = {1: 7, 2: 8}
 
 
 class StrictModel(BaseModel):
@@ -173,12 +181,25 @@ class RoIConfig(StrictModel):
 class ModelConfig(StrictModel):
     """The whole detector. ``num_classes`` counts foreground classes only (background is index C)."""
 
-    variant: Literal["swin_t", "swin_s", "swin_b", "custom"] = "swin_t"
+    variant: Literal["swin_t", "swin_s", "swin_b", "swinv2_t", "swinv2_s", "swinv2_b", "custom"] = "swin_t"
+    backbone_version: Optional[Literal[1, 2]] = Field(
+        None,
+        description="Swin V1 (mmdet's backbone) or V2 (torchvision's swin_v2 blocks); None = from the variant "
+        "(2 for swinv2_*, else 1); set 2 for custom V2 widths",
+    )
     num_classes: int = Field(80, ge=1)
     embed_dims: Optional[int] = Field(None, ge=1, description="override of the variant's width")
     depths: Optional[list[int]] = Field(None, min_length=4, max_length=4)
     num_heads: Optional[list[int]] = Field(None, min_length=4, max_length=4)
-    window_size: int = Field(7, ge=1)
+    window_size: int = Field(
+        7, ge=1, description="attention window; when not given: 7 for V1 (mmdet), 8 for V2 (torchvision)"
+    )
+    pretrained_window_size: Optional[int] = Field(
+        None,
+        ge=2,
+        description="Swin V2 only: the window the loaded weights were trained at, which normalises the "
+        "log-spaced coordinate table of the position-bias MLP; None = window_size (torchvision's table)",
+    )
     mlp_ratio: float = Field(4.0, gt=0)
     drop_path_rate: float = Field(0.2, ge=0, lt=1)
     frozen_stages: int = Field(-1, ge=-1, le=4)
@@ -213,6 +234,16 @@ class ModelConfig(StrictModel):
             raise ValueError(f"both sides must be >= 1, got {list(v)}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _version_window(cls, data):
+        """A V2 config without ``window_size`` gets torchvision's 8 (V1 keeps mmdet's 7)."""
+        if isinstance(data, dict) and "window_size" not in data:
+            version = data.get("backbone_version")
+            if version == 2 or (version is None and str(data.get("variant", "")).startswith("swinv2")):
+                data = {**data, "window_size": DEFAULT_WINDOW[2]}
+        return data
+
     @model_validator(mode="after")
     def _apply_max_instances(self) -> "ModelConfig":
         """``max_instances`` sets the detection cap and lifts the RPN's test caps that would cut below it
@@ -237,6 +268,17 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_arch(self) -> "ModelConfig":
+        if self.variant.startswith("swinv2") and self.backbone_version == 1:
+            raise ValueError(f"variant '{self.variant}' is a Swin V2 backbone; backbone_version 1 contradicts it")
+        if self.variant.startswith("swin_") and self.backbone_version == 2:
+            raise ValueError(
+                f"variant '{self.variant}' is a Swin V1 backbone; use '{self.variant.replace('swin_', 'swinv2_')}' "
+                "(or variant 'custom') for V2"
+            )
+        if self.resolved_backbone_version() == 1 and self.pretrained_window_size is not None:
+            raise ValueError("pretrained_window_size applies to Swin V2 backbones only")
+        if self.resolved_backbone_version() == 2 and self.window_size < 2:
+            raise ValueError(f"Swin V2 needs window_size >= 2 (its coordinate table divides by w - 1), got {self.window_size}")
         if self.variant == "custom" and (self.embed_dims is None or self.depths is None or self.num_heads is None):
             raise ValueError("variant 'custom' needs embed_dims, depths and num_heads")
         heads = self.resolved_num_heads()
@@ -246,20 +288,29 @@ class ModelConfig(StrictModel):
                 raise ValueError(f"num_heads[{i}]={h} does not divide stage width {dims * 2**i}")
         return self
 
+    def resolved_backbone_version(self) -> int:
+        """1 (V1, mmdet) or 2 (V2, torchvision): ``backbone_version``, else the variant's."""
+        if self.backbone_version is not None:
+            return int(self.backbone_version)
+        return 2 if self.variant.startswith("swinv2") else 1
+
+    def _variant_spec(self) -> dict[str, tuple[int, ...] | int]:
+        return {**SWIN_VARIANTS, **SWINV2_VARIANTS}[self.variant]
+
     def resolved_embed_dims(self) -> int:
         if self.embed_dims is not None:
             return self.embed_dims
-        return int(SWIN_VARIANTS[self.variant]["embed_dims"])  # type: ignore[arg-type]
+        return int(self._variant_spec()["embed_dims"])  # type: ignore[arg-type]
 
     def resolved_depths(self) -> tuple[int, ...]:
         if self.depths is not None:
             return tuple(self.depths)
-        return tuple(SWIN_VARIANTS[self.variant]["depths"])  # type: ignore[arg-type]
+        return tuple(self._variant_spec()["depths"])  # type: ignore[arg-type]
 
     def resolved_num_heads(self) -> tuple[int, ...]:
         if self.num_heads is not None:
             return tuple(self.num_heads)
-        return tuple(SWIN_VARIANTS[self.variant]["num_heads"])  # type: ignore[arg-type]
+        return tuple(self._variant_spec()["num_heads"])  # type: ignore[arg-type]
 
     def stage_channels(self) -> list[int]:
         d = self.resolved_embed_dims()

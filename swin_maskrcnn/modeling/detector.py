@@ -24,6 +24,7 @@ from .roi_heads.roi_head import RoIHead
 from .rpn import RPNHead
 from .sampler import ChoiceFn
 from .backbone.swin import SwinTransformer
+from .backbone.swin_v2 import SwinTransformerV2
 
 LossDict = dict[str, Tensor]
 StatDict = dict[str, Tensor]
@@ -54,7 +55,8 @@ class SwinMaskRCNN(nn.Module):
         self.cfg = cfg
         self.meta = ModelMeta.default(cfg.num_classes) if meta is None else meta
         self.meta.check(cfg.num_classes)
-        self.backbone = SwinTransformer.from_config(cfg)
+        backbone_cls = SwinTransformerV2 if cfg.resolved_backbone_version() == 2 else SwinTransformer
+        self.backbone = backbone_cls.from_config(cfg)
         self.neck = FPN(cfg.stage_channels(), cfg.fpn_channels)
         self.rpn_head = RPNHead(cfg.fpn_channels, cfg.rpn, cfg.losses, sample_choice)
         self.roi_head = RoIHead(cfg, sample_choice)

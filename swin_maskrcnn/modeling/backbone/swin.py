@@ -48,20 +48,34 @@ def window_partition(x: Tensor, window_size: int) -> Tensor:
     return x.reshape(-1, w * w, C)
 
 
-def shift_window_mask(H_pad: int, W_pad: int, window_size: int, shift_size: int, device=None) -> Tensor:
+def _shift_pair(shift_size: int | tuple[int, int]) -> tuple[int, int]:
+    """``(shift_h, shift_w)`` of a shift given for both axes or per axis."""
+    if isinstance(shift_size, int):
+        return shift_size, shift_size
+    return int(shift_size[0]), int(shift_size[1])
+
+
+def shift_window_mask(
+    H_pad: int, W_pad: int, window_size: int, shift_size: int | tuple[int, int], device=None
+) -> Tensor:
     """Additive mask ``[nW, w*w, w*w]`` for shifted windows: 0 within a region, -100 across regions.
 
     The padded, rolled map is cut into 3 x 3 regions (slices ``[0, -w)``, ``[-w, -s)``, ``[-s, end)``
     per axis, mmdet's layout on the padded size); tokens that wrapped around by the cyclic shift land
-    in a different region than their window neighbours and must not attend to them.
+    in a different region than their window neighbours and must not attend to them. ``shift_size``
+    may differ per axis ``(s_h, s_w)`` (Swin V2 drops the shift along an axis no larger than the
+    window); an axis with shift 0 is one region.
     """
-    w, s = window_size, shift_size
+    w = window_size
+    s_h, s_w = _shift_pair(shift_size)
 
-    def region(n: int) -> Tensor:  # 0 on [0, n - w), 1 on [n - w, n - s), 2 on [n - s, n)
+    def region(n: int, s: int) -> Tensor:  # 0 on [0, n - w), 1 on [n - w, n - s), 2 on [n - s, n)
         i = torch.arange(n, device=device)
+        if s == 0:
+            return torch.zeros_like(i)
         return (i >= n - w).long() + (i >= n - s).long()
 
-    label = region(H_pad)[:, None] * 3 + region(W_pad)[None, :]
+    label = region(H_pad, s_h)[:, None] * 3 + region(W_pad, s_w)[None, :]
     region_windows = window_partition(label[None, :, :, None], w).squeeze(-1)  # nW, w*w
     differ = region_windows.unsqueeze(1) != region_windows.unsqueeze(2)
     return torch.zeros(differ.shape, device=device).masked_fill(differ, SHIFT_MASK_VALUE)
@@ -77,38 +91,42 @@ class WindowPlan(NamedTuple):
     padded: bool
 
 
-def _build_window_plan(H: int, W: int, w: int, s: int, device: torch.device) -> WindowPlan:
+def _build_window_plan(H: int, W: int, w: int, shift: tuple[int, int], device: torch.device) -> WindowPlan:
+    s_h, s_w = shift
     H_pad, W_pad = H + (-H) % w, W + (-W) % w
     # torch.roll(x, -s) puts input row (r + s) % n at row r; rows/cols >= H/W are the zero padding.
-    rows = (torch.arange(H_pad, device=device) + s) % H_pad
-    cols = (torch.arange(W_pad, device=device) + s) % W_pad
+    rows = (torch.arange(H_pad, device=device) + s_h) % H_pad
+    cols = (torch.arange(W_pad, device=device) + s_w) % W_pad
     src = torch.where((rows[:, None] < H) & (cols[None, :] < W), rows[:, None] * W + cols[None, :], H * W)
     gather = window_partition(src[None, :, :, None], w).reshape(-1)
     scatter = torch.empty(H * W + 1, dtype=torch.long, device=device)
     scatter[gather] = torch.arange(gather.numel(), device=device)  # padding entries all land on H * W
-    mask = shift_window_mask(H_pad, W_pad, w, s, device=device) if s > 0 else None
+    mask = shift_window_mask(H_pad, W_pad, w, shift, device=device) if s_h or s_w else None
     return WindowPlan(gather, scatter[: H * W], mask, (H_pad // w) * (W_pad // w), H_pad != H or W_pad != W)
 
 
 _PLANS: dict[tuple, WindowPlan] = {}
 
 
-def window_plan(H: int, W: int, window_size: int, shift_size: int, device: torch.device) -> WindowPlan:
+def window_plan(
+    H: int, W: int, window_size: int, shift_size: int | tuple[int, int], device: torch.device
+) -> WindowPlan:
     """Index plan for pad + cyclic roll + window partition (and back) of an ``H x W`` map in ONE gather.
 
-    The plan depends only on sizes, so it is built once per feature size and reused by every block
-    and forward (cached here; rebuilt, uncached, while tracing or compiling so graphs stay free of
-    Python-side state). A gather copies each token once, where pad, roll and partition copied it
-    three times.
+    ``shift_size`` is one shift for both axes (V1) or ``(s_h, s_w)``. The plan depends only on
+    sizes, so it is built once per feature size and reused by every block and forward (cached here;
+    rebuilt, uncached, while tracing or compiling so graphs stay free of Python-side state). A
+    gather copies each token once, where pad, roll and partition copied it three times.
     """
+    shift = _shift_pair(shift_size)
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return _build_window_plan(H, W, window_size, shift_size, device)
-    key = (H, W, window_size, shift_size, str(device))
+        return _build_window_plan(H, W, window_size, shift, device)
+    key = (H, W, window_size, shift, str(device))
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= 64:
             _PLANS.clear()
-        plan = _PLANS[key] = _build_window_plan(H, W, window_size, shift_size, device)
+        plan = _PLANS[key] = _build_window_plan(H, W, window_size, shift, device)
     return plan
 
 
