@@ -1,9 +1,11 @@
 """Speed of our Swin-T Mask R-CNN against mmdet's own, torchvision's R50-FPN Mask R-CNN and, for the
-backbone alone, torchvision's ``swin_t`` features. One command, a table at the end.
+backbone alone, torchvision's ``swin_t`` features (and our Swin V2 backbone against ``swin_v2_t``'s).
+One command, a table at the end.
 
     python benchmarks/speed.py                                   # the full matrix (long on 2 cores)
     python benchmarks/speed.py --cases infer1 --dtypes fp32 --threads 1 --reps 3
     python benchmarks/speed.py --device cuda --threads 16        # on a GPU machine
+    python benchmarks/speed.py --cases backbone_v2 --dtypes fp32 --threads 1 --reps 5   # V2: no mmdet needed
 
 Subjects, with the same inputs (800x1216 synthetic RGB images, 5 instances each for training):
 
@@ -18,7 +20,10 @@ Subjects, with the same inputs (800x1216 synthetic RGB images, 5 instances each 
 * ``tv_r50``: ``torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None,
   weights_backbone=None)``, ``box_score_thresh=0`` so it too returns 100 detections with masks;
 * ``bb_ours`` / ``bb_mmdet`` / ``bb_tv_swin_t``: the backbones alone on one normalised image
-  (torchvision: ``swin_t().features``, random init).
+  (torchvision: ``swin_t().features``, random init);
+* ``bb_ours_v2`` / ``bb_tv_swin_v2_t`` (case ``backbone_v2``): our Swin V2 backbone (``swinv2_t``,
+  its four output norms included) and torchvision's ``swin_v2_t().features``, the same random
+  torchvision weights loaded into ours with ``load_imagenet_backbone``, on the same image.
 
 Pairing: every repetition runs each subject of a case once, in a fixed order, one after the
 other (the mmdet process waits on a pipe while ours runs, and the reverse), so slow phases of the
@@ -74,10 +79,13 @@ CASES = {
     "infer2": "inference, batch of 2",
     "train2": "training step, batch of 2",
     "backbone": "backbone alone, 1 image",
+    "backbone_v2": "Swin V2 backbone alone, 1 image",
 }
 PEERS = {"infer1": ["mmdet", "tv_r50"], "infer2": ["mmdet", "tv_r50"], "train2": ["mmdet", "tv_r50"],
-         "backbone": ["bb_mmdet", "bb_tv_swin_t"]}
-OURS = {"infer1": "ours", "infer2": "ours", "train2": "ours", "backbone": "bb_ours"}
+         "backbone": ["bb_mmdet", "bb_tv_swin_t"], "backbone_v2": ["bb_tv_swin_v2_t"]}
+OURS = {"infer1": "ours", "infer2": "ours", "train2": "ours", "backbone": "bb_ours", "backbone_v2": "bb_ours_v2"}
+#: subjects that need the calibrated mmdet checkpoint (written by the mmdet worker when missing)
+NEED_CKPT = {"ours", "bb_ours", "mmdet", "bb_mmdet"}
 log = logging.getLogger("speed")
 
 
@@ -358,21 +366,31 @@ def worker_main(args: argparse.Namespace) -> None:
 # in-process subjects
 # ------------------------------------------------------------------------------------------------
 class LocalSubjects:
-    """ours / tv_r50 / bb_ours / bb_tv_swin_t, built once; ``prepare`` returns the timed closure."""
+    """ours / tv_r50 / bb_ours / bb_tv_swin_t / bb_ours_v2 / bb_tv_swin_v2_t, built once; ``prepare``
+    returns the timed closure. Without ``ckpt`` (no subject needs it) ``ours`` is not built."""
 
-    def __init__(self, ckpt: Path, scenes: dict[str, np.ndarray], device: str, compile_mode: Optional[str],
+    def __init__(self, ckpt: Optional[Path], scenes: dict[str, np.ndarray], device: str, compile_mode: Optional[str],
                  repo: Path = REPO) -> None:
         import torchvision
 
         sys.path.insert(0, str(repo))
         from swin_maskrcnn import load_model
+        from swin_maskrcnn.checkpoint.imagenet import load_imagenet_backbone
+        from swin_maskrcnn.modeling.backbone.swin_v2 import SwinTransformerV2
+        from swin_maskrcnn.modeling.config import ModelConfig
 
         import swin_maskrcnn
 
         log.info("ours: %s", swin_maskrcnn.__file__)
         self.device = device
-        self.ours = load_model(ckpt).to(device)
-        if compile_mode:
+        self.ours = load_model(ckpt).to(device) if ckpt is not None else None
+        torch.manual_seed(0)
+        tv_v2 = torchvision.models.swin_v2_t(weights=None)
+        self.tv_swin_v2 = tv_v2.features.to(device).eval()
+        self.ours_v2 = SwinTransformerV2.from_config(ModelConfig(variant="swinv2_t"))
+        load_imagenet_backbone(self.ours_v2, tv_v2.state_dict())
+        self.ours_v2 = self.ours_v2.to(device).eval()
+        if compile_mode and self.ours is not None:
             from swin_maskrcnn.modeling.acceleration import compile_dense
 
             compile_dense(self.ours, compile_mode)
@@ -384,7 +402,9 @@ class LocalSubjects:
         self.targets = [dict(boxes=torch.from_numpy(b).to(device), labels=torch.from_numpy(lb).to(device),
                              masks=torch.from_numpy(m).to(torch.uint8).to(device))
                         for b, lb, m in zip(scenes["boxes"], scenes["labels"], scenes["masks"])]
-        self.opt = {"ours": adamw_lr0(self.ours), "tv_r50": adamw_lr0(self.tv)}
+        self.opt = {"tv_r50": adamw_lr0(self.tv)}
+        if self.ours is not None:
+            self.opt["ours"] = adamw_lr0(self.ours)
         mean = torch.tensor([123.675, 116.28, 103.53], device=device)[:, None, None]
         std = torch.tensor([58.395, 57.12, 57.375], device=device)[:, None, None]
         self.norm_img = ((self.images[0] * 255 - mean) / std)[None]
@@ -405,14 +425,15 @@ class LocalSubjects:
                 with torch.no_grad(), autocast(dtype, dev):
                     return model(ims)
             return infer
-        if name in ("bb_ours", "bb_tv_swin_t"):
+        if name in ("bb_ours", "bb_tv_swin_t", "bb_ours_v2", "bb_tv_swin_v2_t"):
             x = self.norm_img
             if name == "bb_ours":
                 bb = self.ours.backbone
                 bb.eval()
                 fn = lambda: bb(x)  # noqa: E731
             else:
-                fn = lambda: self.tv_swin(x)  # noqa: E731
+                net = {"bb_tv_swin_t": self.tv_swin, "bb_ours_v2": self.ours_v2, "bb_tv_swin_v2_t": self.tv_swin_v2}[name]
+                fn = lambda: net(x)  # noqa: E731
 
             def run():
                 with torch.no_grad(), autocast(dtype, dev):
@@ -524,7 +545,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--subjects", nargs="+", default=None,
-                    help="restrict to these subjects (ours, mmdet, tv_r50, bb_ours, bb_mmdet, bb_tv_swin_t)")
+                    help="restrict to these subjects (ours, mmdet, tv_r50, bb_ours, bb_mmdet, bb_tv_swin_t, "
+                    "bb_ours_v2, bb_tv_swin_v2_t)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per subject (after 1 warm-up)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--compile", default=None, choices=["default", "reduce-overhead", "max-autotune"],
@@ -627,13 +649,14 @@ def main() -> None:
     np.savez(scenes_npz, **scenes)
     ckpt = OUT_DIR / "mmdet_swin_t_calibrated.pth"
     wanted = set(args.subjects or sum(([OURS[c]] + PEERS[c] for c in args.cases), []))
-    need_mmdet = bool(wanted & {"mmdet", "bb_mmdet"}) or not ckpt.is_file()
+    need_ckpt = bool(wanted & NEED_CKPT)
+    need_mmdet = bool(wanted & {"mmdet", "bb_mmdet"}) or (need_ckpt and not ckpt.is_file())
     remote = None
     if need_mmdet:
         log.info("starting the mmdet worker (%s)", args.mmdet_python)
         remote = RemoteSubject(args.mmdet_python, ckpt, scenes_npz, args.device, args.threads[0], args.malloc)
     t0 = time.perf_counter()
-    local = LocalSubjects(ckpt, scenes, args.device, args.compile, args.repo)
+    local = LocalSubjects(ckpt if need_ckpt else None, scenes, args.device, args.compile, args.repo)
     log.info("local subjects built in %.1f s", time.perf_counter() - t0)
 
     def subject(name: str) -> Any:

@@ -29,6 +29,8 @@ from typing import Mapping, Union
 import torch
 from torch import Tensor, nn
 
+from ..modeling.backbone.swin_v2 import coords_table_windows
+
 log = logging.getLogger(__name__)
 
 # Original position k (x0..x3) of each Unfold position p (TL, TR, BL, BR).
@@ -121,16 +123,6 @@ def convert_imagenet_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if v2:
         _merge_qv_bias(out)
     return out
-
-
-def coords_table_windows(table: Tensor) -> tuple[int, float]:
-    """(window, pretrained window) a V2 ``relative_coords_table`` ``[1, 2w-1, 2w-1, 2]`` was built for.
-
-    Its largest entry is ``log2(1 + 8 (w - 1) / (p - 1)) / 3``, which gives ``p`` back.
-    """
-    w = (table.shape[1] + 1) // 2
-    top = float(table[0, -1, -1, 0])
-    return w, 1 + 8 * (w - 1) / (2 ** (3 * top) - 1)
 
 
 def _check_coords_tables(name: str, sd: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> None:

@@ -3,7 +3,8 @@
 Our module names equal mmdet's, and our patch merging uses mmdet's ``nn.Unfold`` channel order, so
 published mmdet checkpoints load key for key with no value permutation. The architecture (Swin
 width, depths, heads, window; FPN, RoI and mask widths; class count) is read from tensor shapes, so
-T, S, B and narrowed models all load. Any key that cannot be placed, or any missing key, is an error
+T, S, B and narrowed models all load. A bare state_dict of our Swin V2 model (``logit_scale`` keys) is
+recognised too: window and pretrained window come from its coordinate-table buffer. Any key that cannot be placed, or any missing key, is an error
 listing the keys. Files are read by :mod:`.safe_load`; :func:`.loader.load_model` builds the model.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any, Mapping, Optional
 
 from torch import Tensor
 
-from ..modeling.config import SWIN_VARIANTS, LossConfig, ModelConfig
+from ..modeling.backbone.swin_v2 import coords_table_windows
+from ..modeling.config import SWIN_VARIANTS, SWINV2_VARIANTS, LossConfig, ModelConfig
 from .safe_load import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ def infer_model_config(state_dict: Mapping[str, Tensor], **overrides: Any) -> Mo
 
     Losses are mmdet's (:meth:`LossConfig.mmdet`), not the library's from-scratch defaults."""
     sd = state_dict
+    # a bare state_dict of our Swin V2 model (no mmdet V2 exists) has the bias MLP's logit scales
+    v2 = "backbone.stages.0.blocks.0.attn.w_msa.logit_scale" in sd
+    pretrained_window: Optional[int] = None
     try:
         embed = sd["backbone.patch_embed.projection.weight"].shape[0]
         depths = []
@@ -45,9 +50,14 @@ def infer_model_config(state_dict: Mapping[str, Tensor], **overrides: Any) -> Mo
             if not blocks:
                 raise KeyError(f"backbone.stages.{s}.blocks.*")
             depths.append(max(blocks) + 1)
-            heads.append(sd[f"backbone.stages.{s}.blocks.0.attn.w_msa.relative_position_bias_table"].shape[1])
-        table = sd["backbone.stages.0.blocks.0.attn.w_msa.relative_position_bias_table"].shape[0]
-        window = (int(round(table**0.5)) + 1) // 2
+            attn = f"backbone.stages.{s}.blocks.0.attn.w_msa."
+            heads.append(sd[attn + ("logit_scale" if v2 else "relative_position_bias_table")].shape[0 if v2 else 1])
+        if v2:
+            window, p = coords_table_windows(sd["backbone.stages.0.blocks.0.attn.w_msa.relative_coords_table"])
+            pretrained_window = None if abs(p - window) < 1e-3 else round(p)
+        else:
+            table = sd["backbone.stages.0.blocks.0.attn.w_msa.relative_position_bias_table"].shape[0]
+            window = (int(round(table**0.5)) + 1) // 2
         mlp_ratio = sd["backbone.stages.0.blocks.0.ffn.layers.0.0.weight"].shape[0] / embed
         fpn_ch = sd["neck.lateral_convs.0.conv.weight"].shape[0]
         fc = sd["roi_head.bbox_head.shared_fcs.0.weight"].shape[0]
@@ -57,11 +67,12 @@ def infer_model_config(state_dict: Mapping[str, Tensor], **overrides: Any) -> Mo
     except KeyError as e:
         raise CheckpointError(f"not an mmdet Swin Mask R-CNN state_dict: missing {e}") from None
     variant = "custom"
-    for name, spec in SWIN_VARIANTS.items():
+    for name, spec in (SWINV2_VARIANTS if v2 else SWIN_VARIANTS).items():
         if spec["embed_dims"] == embed and tuple(spec["depths"]) == tuple(depths) and tuple(spec["num_heads"]) == tuple(heads):
             variant = name
     kwargs: dict[str, Any] = dict(
         variant=variant,
+        **(dict(backbone_version=2, pretrained_window_size=pretrained_window) if v2 else {}),
         num_classes=num_classes,
         window_size=window,
         mlp_ratio=mlp_ratio,

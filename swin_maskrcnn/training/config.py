@@ -151,7 +151,9 @@ class OptimConfig(StrictModel):
     eps: float = Field(1e-8, gt=0, le=1e-2, description="AdamW only")
     weight_decay: float = Field(0.05, ge=0, le=1)
     no_decay_keys: list[str] = Field(
-        default_factory=lambda: ["absolute_pos_embed", "relative_position_bias_table", "norm", "learned_loss_weights"],
+        default_factory=lambda: [
+            "absolute_pos_embed", "relative_position_bias_table", "norm", "learned_loss_weights", "cpb_mlp", "logit_scale"
+        ],
         description="a parameter whose full name CONTAINS any of these gets weight_decay 0 (mmdet custom_keys)",
     )
     warmup_iters: int = Field(1000, ge=0)
@@ -312,7 +314,8 @@ class InitConfig(StrictModel):
         description=(
             "ImageNet Swin weights for the backbone, as mmdet's recipes start: an original-repo file "
             "(swin_tiny_patch4_window7_224.pth, {'model': ...}) or a torchvision swin_t/s/b state_dict; "
-            "renamed and patch-merging-permuted on load (swin_maskrcnn.checkpoint.imagenet)"
+            "for a Swin V2 backbone a torchvision swin_v2_t/s/b state_dict or an original Swin V2 release "
+            "file (q_bias/v_bias); renamed (V1: patch-merging-permuted) on load (swin_maskrcnn.checkpoint.imagenet)"
         ),
     )
 

@@ -34,9 +34,9 @@ MAX_DETS = 40  # fewer than the NMS survivors, so the top-k cut is exercised; ke
 SIZES = [(150, 201), (224, 224)]  # 150x201: padding to 32 and window padding in all stages; 224: none
 
 
-def _model(**roi) -> SwinMaskRCNN:
+def _model(backbone_version: int = 1, **roi) -> SwinMaskRCNN:
     torch.manual_seed(0)
-    cfg = tiny_model_config(num_classes=3)
+    cfg = tiny_model_config(num_classes=3, backbone_version=backbone_version)
     cfg = cfg.model_copy(update={"roi": cfg.roi.model_copy(update={"max_per_img": MAX_DETS, **roi})})
     return SwinMaskRCNN(cfg).eval()
 
@@ -58,11 +58,12 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 NAMES = ["cell", "disc", "ring"]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[SwinMaskRCNN, Path]:
-    """The tiny model saved as a checkpoint and exported by ``swin-maskrcnn export --format onnx``."""
-    folder = tmp_path_factory.mktemp("onnx")
-    model = _model()
+@pytest.fixture(scope="module", params=[1, 2], ids=["swin_v1", "swin_v2"])
+def exported(tmp_path_factory, request) -> tuple[SwinMaskRCNN, Path]:
+    """The tiny model (Swin V1 or V2 backbone) saved as a checkpoint and exported by ``swin-maskrcnn
+    export --format onnx``."""
+    folder = tmp_path_factory.mktemp(f"onnx_v{request.param}")
+    model = _model(request.param)
     ckpt = save_checkpoint(folder / "model_final.pt", model, model.cfg, NAMES, {7: 0, 3: 1, 9: 2})
     path = folder / "tiny.onnx"
     assert cli_main(["export", "--format", "onnx", "--checkpoint", str(ckpt), "--out", str(path)]) == 0

@@ -134,6 +134,27 @@ def test_predict_folder_and_file_with_our_checkpoint(ours, inputs, tmp_path, cap
         assert im.size == (60 * 6, 100 * 6)
 
 
+def test_predict_with_a_swin_v2_checkpoint(inputs, tmp_path):
+    """The same command with a Swin V2 backbone: the JSON equals the loaded model's predict."""
+    root = tmp_path / "v2"
+    ann, imgs = make_tiny_coco(root / "data", n_images=1)
+    cfg = tiny_train_config(ann, imgs, root / "runs", "p2")
+    cfg.model = tiny_model_config(num_classes=2, backbone_version=2, fpn_channels=32, roi_fc_dims=64,
+                                  mask_head_channels=16, roi=dict(max_per_img=30), test_scale=SCALE)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(root / "model_final.pt", SwinMaskRCNN(cfg.model).eval(), cfg, ["rect", "ellipse"], {3: 0, 7: 1})
+    out = tmp_path / "preds.json"
+    folder = inputs["folder"]
+    assert main(["predict", "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu", "--no-progress",
+                 str(folder / "a_rgb.png"), str(folder / "sub" / "e_exif.jpg")]) == 0
+    per = _by_image(json.loads(out.read_text()))
+    model = load_model(ckpt)
+    assert model.cfg.resolved_backbone_version() == 2 and model.cfg.window_size == 8
+    for name in ("a_rgb.png", "sub/e_exif.jpg"):
+        assert per.get(str(folder / name))  # 30 random-weight detections each
+        _check_against_model(per[str(folder / name)], model, folder / name, SCALE, {0: 3, 1: 7}.__getitem__)
+
+
 def test_max_per_img_and_score_thr(ours, inputs, tmp_path):
     image = str(inputs["folder"] / "a_rgb.png")
     out = tmp_path / "p.json"

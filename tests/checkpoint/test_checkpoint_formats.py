@@ -56,9 +56,10 @@ def assert_same_predictions(a: list[dict], b: list[dict]) -> None:
             assert torch.equal(x[k], y[k]), k
 
 
-def test_native_checkpoint_keeps_its_model_config(tmp_path):
+@pytest.mark.parametrize("backbone_version", [1, 2], ids=["swin_v1", "swin_v2"])
+def test_native_checkpoint_keeps_its_model_config(tmp_path, backbone_version):
     """The issue's report: model_final.pt came back with anchor scales [8], max_per_img 100, no names."""
-    cfg = _non_default_model()
+    cfg = _non_default_model(backbone_version=backbone_version)
     torch.manual_seed(0)
     model = SwinMaskRCNN(cfg).eval()
     path = save_checkpoint(tmp_path / "model_final.pt", model, cfg, NAMES, {3: 0, 7: 1})
@@ -75,17 +76,18 @@ def test_native_checkpoint_keeps_its_model_config(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # every format, from a real (tiny) training run
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 2], ids=["swin_v1", "swin_v2"])
+def trained(tmp_path_factory, request):
+    """Every format from one tiny run, for a Swin V1 and a Swin V2 backbone."""
     from swin_maskrcnn.training.config import config_from_dict
     from swin_maskrcnn.training.train import train
 
-    root = tmp_path_factory.mktemp("formats")
+    root = tmp_path_factory.mktemp(f"formats_v{request.param}")
     ann, imgs = make_tiny_coco(root / "data", n_images=4)
     base = tiny_train_config(ann, imgs, root / "runs", "formats", max_steps=2, val_every_n_steps=100,
                              checkpoint_every_n_steps=100, probe_every_n_steps=100)
     raw = base.model_dump(mode="json")
-    raw["model"] = _non_default_model().model_dump(mode="json")
+    raw["model"] = _non_default_model(backbone_version=request.param).model_dump(mode="json")
     raw["model"]["test_scale"] = [160, 96]
     cfg = config_from_dict(raw)
     summary = train(cfg)
@@ -168,16 +170,23 @@ def test_mmdet_checkpoint_is_inferred_and_says_so(caplog):
     assert_same_predictions(out, ref.predict(ims, resize=False))
 
 
-def test_bare_state_dict_as_safetensors_loads_by_shape(tmp_path):
+@pytest.mark.parametrize(
+    "arch", [{}, {"backbone_version": 2}, {"backbone_version": 2, "window_size": 6, "pretrained_window_size": 4}],
+    ids=["swin_v1", "swin_v2", "swin_v2_pretrained_window"],
+)
+def test_bare_state_dict_as_safetensors_loads_by_shape(tmp_path, arch):
     from safetensors.torch import save_file
 
-    cfg = tiny_model_config(num_classes=4)
+    cfg = tiny_model_config(num_classes=4, **arch)
     torch.manual_seed(1)
     model = SwinMaskRCNN(cfg).eval()
     path = tmp_path / "weights.bin"  # the name says nothing: the content decides
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     loaded, lcfg, meta = load_checkpoint(path)
     assert meta["source"] == "mmdet" and lcfg.num_classes == 4 and lcfg.resolved_embed_dims() == 32
+    assert (lcfg.resolved_backbone_version(), lcfg.window_size, lcfg.pretrained_window_size) == (
+        cfg.resolved_backbone_version(), cfg.window_size, cfg.pretrained_window_size
+    )
     ims = _images()
     assert_same_predictions(loaded.predict(ims, resize=False), model.predict(ims, resize=False))
 

@@ -24,13 +24,14 @@ from torchvision.models.swin_transformer import PatchMergingV2 as TVPatchMerging
 from torchvision.models.swin_transformer import ShiftedWindowAttentionV2, SwinTransformerBlockV2
 from torchvision.models.swin_transformer import SwinTransformer as TVSwin
 
-from swin_maskrcnn.checkpoint.imagenet import coords_table_windows, load_imagenet_backbone
+from swin_maskrcnn.checkpoint.imagenet import load_imagenet_backbone
 from swin_maskrcnn.modeling.backbone.swin import SwinTransformer
 from swin_maskrcnn.modeling.backbone.swin_v2 import (
     MAX_LOGIT_SCALE,
     ShiftWindowMSAV2,
     SwinTransformerV2,
     WindowMSAV2,
+    coords_table_windows,
     log_spaced_coords,
 )
 from swin_maskrcnn.modeling.config import ModelConfig, tiny_model_config

@@ -11,6 +11,7 @@ import io
 import time
 
 import numpy as np
+import pytest
 import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -78,13 +79,15 @@ def coco_gt(targets: list[dict]) -> COCO:
     return gt
 
 
-def test_tiny_model_overfits_two_images():
+@pytest.mark.parametrize("backbone_version", [1, 2], ids=["swin_v1", "swin_v2"])
+def test_tiny_model_overfits_two_images(backbone_version: int):
+    """V1: mmdet's backbone; V2: the same tiny widths with Swin V2 blocks (window 8)."""
     torch.manual_seed(0)
     data = [make_image(1), make_image(2)]
     images = [d[0] for d in data]
     targets = [d[1] for d in data]
     gt = coco_gt(targets)
-    model = SwinMaskRCNN(tiny_model_config(num_classes=2))
+    model = SwinMaskRCNN(tiny_model_config(num_classes=2, backbone_version=backbone_version))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     start = time.process_time()
     best = {"bbox": 0.0, "segm": 0.0}
@@ -104,6 +107,7 @@ def test_tiny_model_overfits_two_images():
             if min(best.values()) >= 0.9:
                 break
         assert time.process_time() - start < BUDGET_CPU_S, f"budget exceeded at step {step}: {best}"
+    print(f"overfit {backbone_version=}: {step} steps, {time.process_time() - start:.0f} CPU-s, AP50 {best}")
     assert best["bbox"] >= 0.9 and best["segm"] >= 0.9, best
     # Predictions are confident and few (not hundreds of random boxes).
     confident = sum(int((p["scores"] > 0.5).sum()) for p in preds)

@@ -62,6 +62,16 @@ def log_spaced_coords(window_size: int, pretrained_window_size: Optional[int] = 
     return torch.sign(table) * torch.log2(table.abs() + 1.0) / 3.0
 
 
+def coords_table_windows(table: Tensor) -> tuple[int, float]:
+    """(window, pretrained window) a V2 ``relative_coords_table`` ``[1, 2w-1, 2w-1, 2]`` was built for.
+
+    Its largest entry is ``log2(1 + 8 (w - 1) / (p - 1)) / 3``, which gives ``p`` back.
+    """
+    w = (table.shape[1] + 1) // 2
+    top = float(table[0, -1, -1, 0])
+    return w, 1 + 8 * (w - 1) / (2 ** (3 * top) - 1)
+
+
 class WindowMSAV2(nn.Module):
     """Scaled cosine attention inside each window, with the continuous (MLP) position bias.
 
