@@ -151,7 +151,7 @@ def test_no_warmup():
 def test_swin_v2_bias_mlp_and_logit_scale_get_no_decay_by_default():
     """The Swin V2 code trains cpb_mlp and logit_scale without weight decay; the default keys do too."""
     v2 = SwinMaskRCNN(tiny_model_config(num_classes=2, backbone_version=2))
-    decay, no_decay = split_decay_names(v2, OptimConfig().no_decay_keys)
-    special = [n for n, _ in v2.named_parameters() if "cpb_mlp" in n or "logit_scale" in n]
+    groups = {g["group_name"]: {id(p) for p in g["params"]} for g in build_param_groups(v2, 0.05, OptimConfig().no_decay_keys)}
+    special = [p for n, p in v2.named_parameters() if "cpb_mlp" in n or "logit_scale" in n]
     assert len(special) == 4 * 4  # 4 blocks x (cpb_mlp.0.weight, cpb_mlp.0.bias, cpb_mlp.2.weight, logit_scale)
-    assert set(special) <= set(no_decay) and not set(special) & set(decay)
+    assert {id(p) for p in special} <= groups["no_decay"] and not {id(p) for p in special} & groups["decay"]
