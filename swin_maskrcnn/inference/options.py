@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slice-batch", type=int, default=1, metavar="B", help="tiles per forward pass")
     g.add_argument("--with-full-image", action="store_true",
                    help="the resized whole-image prediction joins the merge (objects larger than a tile)")
-    g.add_argument("--merge", choices=["nms", "nmm"], default="nmm",
+    g.add_argument("--merge", choices=["nms", "nmm"], default="nms",
                    help="nmm: unite the masks and boxes of one object's detections; nms: keep the best one")
     g.add_argument("--merge-iou", type=float, default=0.5, metavar="T", help="match threshold of the merge")
     g.add_argument("--merge-metric", choices=["iou", "ios"], default="ios",
