@@ -500,6 +500,13 @@ def _run(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
         except StopRequested as e:
             # a step abandoned before its optimizer step (single process): the state is the previous step's
             stop.stop_now(trainer, e.signum, abandoned=e.what)
+    evaluation = callbacks.evaluation
+    if evaluation is not None and not stop.stopping and evaluation.is_due(trainer):
+        # resumed at max_steps from a checkpoint whose final validation was abandoned: Lightning runs no
+        # loop (so no on_train_start), the validation runs here
+        evaluation.on_train_start(trainer, module)
+        if callbacks.best is not None:
+            callbacks.best.on_train_start(trainer, module)
 
     last_path = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last_path, weights_only=False)  # writes on rank 0 only

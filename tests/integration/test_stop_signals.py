@@ -222,6 +222,22 @@ def test_signal_mid_validation_abandons_it_and_the_resume_runs_it_first(data, re
     assert best["best_segm_AP"] == reference_val["best_segm_AP"]
 
 
+def test_signal_in_the_final_validation_runs_it_on_resume(data, reference_val, tmp_path):
+    """The validation of the last step is abandoned (exit 143 at step 8 of 8); the resume has no step
+    left, runs that validation and ends with the uninterrupted run's final metrics."""
+    yaml_path = _yaml(data, tmp_path, "final", validation=True)
+    proc = _run(_worker("SIGTERM@validation:8", ["train", "--config", str(yaml_path)]), _env(), tmp_path)
+    run = tmp_path / "final"
+    summary = _check_stopped(proc, run, "SIGTERM", 8, abandoned="validation")
+    assert not (run / "val" / "step_0000008.json").exists()
+    _resume_as_printed(summary, tmp_path)
+    ref = Path(reference_val["run_dir"]) / "val" / "step_0000008.json"
+    assert json.loads((run / "val" / "step_0000008.json").read_text()) == json.loads(ref.read_text())
+    done = json.loads((run / "summary.json").read_text())
+    assert done["stopped_by"] is None and done["best_segm_AP"] == reference_val["best_segm_AP"]
+    assert done["final_metrics"]["val/segm_AP"] == reference_val["final_metrics"]["val/segm_AP"]
+
+
 # ------------------------------------------------------------------------------------------------
 # during a checkpoint write
 # ------------------------------------------------------------------------------------------------
