@@ -48,8 +48,9 @@ def register_subcommand(sub: Any) -> None:
     p.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
                    help="test resize (default: the checkpoint's model.test_scale)")
     p.add_argument("--no-resize", action="store_true", help="feed images at their own size")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: run the model under bf16 autocast (CPU or GPU; see docs/performance.md for the AP change)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16: run the model under bf16 autocast (see docs/performance.md for the AP change); auto: bf16 "
+                        "on a CPU with AMX-BF16 / AVX512-BF16 or a CUDA GPU with bf16, fp32 elsewhere (logged)")
     p.add_argument("--compile", choices=list(COMPILE_MODES), default=None,
                    help="torch.compile the backbone and FPN with this mode (compiles on the first images)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -2,11 +2,14 @@
 
     swin-maskrcnn export --format safetensors --checkpoint C --out model.safetensors
     swin-maskrcnn export --format onnx --checkpoint C --out model.onnx [--opset N]
+    swin-maskrcnn export --format openvino --checkpoint C --out model.xml
 
 ``C`` is anything :func:`swin_maskrcnn.load_model` reads. ``safetensors``: the weights, with the model
 config, class names, dataset category ids (and the training config and step when known) as JSON
 metadata; ``load_model`` reads it back exactly, and loading it runs no pickle. ``onnx``: delegated to
-:func:`swin_maskrcnn.apps.onnx_export.export_onnx` (needs the ``[export]`` extra).
+:func:`swin_maskrcnn.apps.onnx_export.export_onnx` (needs the ``[export]`` extra). ``openvino``: that graph
+converted to an OpenVINO IR, the metadata as JSON beside it
+(:func:`swin_maskrcnn.apps.openvino_export.export_openvino`, the ``[openvino]`` extra too).
 """
 from __future__ import annotations
 
@@ -91,6 +94,28 @@ def _export_onnx(checkpoint: str, out: str, opset: Optional[int], **overrides: A
     return Path(written) if written is not None else Path(out)
 
 
+def _export_openvino(checkpoint: str, out: str, **overrides: Any) -> Path:
+    """:func:`swin_maskrcnn.apps.openvino_export.export_openvino` of the loaded checkpoint."""
+    from ..checkpoint.loader import load_model
+
+    try:
+        from .openvino_export import export_openvino
+    except ModuleNotFoundError as e:
+        if e.name not in _ONNX_MODULES:
+            raise
+        raise _onnx_unavailable(e) from None
+    model = load_model(checkpoint, **overrides)
+    try:
+        return export_openvino(model, out)
+    except ImportError as e:
+        if getattr(e, "name", None) not in (None, "openvino", *_ONNX_MODULES):
+            raise
+        raise OnnxUnavailable(f"OpenVINO export is not available here ({e}): it needs the [openvino] and [export] "
+                              "extras (pip install 'swin-maskrcnn[openvino,export]')") from None
+    except ValueError as e:
+        raise OnnxArgumentError(f"--format openvino: {e}") from None
+
+
 def register_subcommand(sub: Any) -> None:
     p = sub.add_parser(
         "export",
@@ -102,7 +127,8 @@ def register_subcommand(sub: Any) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--format", required=True, choices=["safetensors", "onnx"], help="output format")
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx", "openvino"],
+                   help="output format (openvino: --out NAME.xml, writes NAME.bin and NAME.json beside it)")
     p.add_argument("--checkpoint", required=True, help="checkpoint file to export")
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (onnx only; default: the exporter's)")
@@ -121,6 +147,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if args.opset is not None:
             raise ConfigError("--opset applies to --format onnx only")
         path = export_safetensors(args.checkpoint, args.out, **overrides)
+    elif args.format == "openvino":
+        if args.opset is not None:
+            raise ConfigError("--opset applies to --format onnx only")
+        try:
+            path = _export_openvino(args.checkpoint, args.out, **overrides)
+        except (OnnxUnavailable, OnnxArgumentError) as e:
+            raise ConfigError(str(e)) from None
     else:
         try:
             path = _export_onnx(args.checkpoint, args.out, args.opset, **overrides)

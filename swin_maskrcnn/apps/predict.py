@@ -4,7 +4,8 @@
         [--max-per-img N] [--batch-size B] [--device D] [--scale LONG SHORT | --no-resize]
         [--slice H W [--overlap R] [--slice-batch B] [--with-full-image] [--merge nms|nmm] [--merge-iou T]
         [--merge-metric iou|ios] [--class-agnostic-merge]] [--tta] [--tta-scales F ...]
-        [--max-image-pixels N] [--resume] IMAGE_OR_DIR...
+        [--max-image-pixels N] [--resume] [--precision auto|fp32|bf16]
+        [--backend torch|onnxruntime|openvino] IMAGE_OR_DIR...
 
 With ``--slice`` / ``--tta`` images are predicted by tiles / augmented views and merged
 (:mod:`swin_maskrcnn.inference`, docs/large_images.md).
@@ -56,7 +57,10 @@ from .options import HelpFormatter, add_inference_arguments, default_device, roi
 log = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "ImageSource", "PredictionError", "collect_images", "image_error_line", "to_coco_results",
-           "register_subcommand"]
+           "register_subcommand", "BACKENDS"]
+
+#: what runs the network: the PyTorch model, or an exported graph (``export --format onnx|openvino``)
+BACKENDS = ("torch", "onnxruntime", "openvino")
 
 PathLike = Union[str, os.PathLike]
 ImageInput = Union[PathLike, np.ndarray, Tensor, Any]  # Any: a PIL image
@@ -97,6 +101,14 @@ class Predictor:
     ``scale``: ``"model"`` (the model's test scale), a (long, short) pair, or None (no resize).
     The model is moved to ``device`` (default: cuda when available) and put in eval mode.
 
+    ``precision``: ``fp32``, ``bf16`` (autocast on the torch backend; OpenVINO's inference precision)
+    or ``auto`` (bf16 where the device computes it natively, see
+    :func:`~swin_maskrcnn.modeling.acceleration.resolve_precision`; the CLI's default).
+    ``backend``: ``torch`` (a model or checkpoint), or an exported graph file run by ``onnxruntime``
+    (``.onnx``, fp32) or ``openvino`` (``.xml`` + its ``.json``), on the CPU with ``threads``
+    threads; the graph backends apply the same test resize, box rescaling and mask pasting as
+    ``model.predict``, and take class names / category ids from the graph's metadata.
+
     :meth:`predict` returns, per image, ``boxes`` (K, 4) xyxy float32 in the original image's pixels,
     ``scores`` (K,), ``labels`` (K,) in 0..C-1, ``masks`` (K, H, W) bool, ``category_ids`` (K,) (the
     dataset's ids, else label + 1), ``class_names`` (K names) and ``image`` (the path, or None).
@@ -119,6 +131,9 @@ class Predictor:
         tta: Any = None,
         progress: bool = False,
         max_image_pixels: Optional[int] = None,
+        precision: str = "fp32",
+        backend: str = "torch",
+        threads: Optional[int] = None,
         **overrides: Any,
     ) -> None:
         if max_image_pixels is not None and max_image_pixels < 1:
@@ -126,6 +141,18 @@ class Predictor:
         self.max_image_pixels = max_image_pixels  # decompression-bomb limit for files (None: PIL's)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.backend = backend
+        self.graph: Optional[Any] = None
+        self.slicing, self.tta, self.progress = slicing, tta, bool(progress)
+        if backend != "torch":
+            if slicing is not None or tta is not None:
+                raise ValueError(f"slicing / tta run the torch model; backend {backend!r} runs an exported graph")
+            self._init_graph(model_or_path, device, batch_size, scale, precision, threads, overrides)
+            return
+        from ..modeling.acceleration import resolve_precision
+
         if isinstance(model_or_path, (str, os.PathLike)):
             from ..checkpoint.loader import load_checkpoint
 
@@ -138,8 +165,8 @@ class Predictor:
             raise TypeError(f"expected a model or a checkpoint path, got {type(model_or_path).__name__}")
         self.device = default_device(device)
         self.model = model.to(self.device).eval()
+        self.precision = resolve_precision(precision, self.device)
         self.batch_size = int(batch_size)
-        self.slicing, self.tta, self.progress = slicing, tta, bool(progress)
         if isinstance(scale, str):
             if scale != "model":
                 raise ValueError(f"scale must be 'model', a (long, short) pair or None, got {scale!r}")
@@ -147,6 +174,64 @@ class Predictor:
         self.scale = None if scale is None else (int(scale[0]), int(scale[1]))
         self.class_names = list(model.meta.class_names)
         self.label_to_cat_id = model.meta.category_ids()  # the data set's ids, else label + 1
+
+    def _init_graph(self, path: Any, device: Any, batch_size: int, scale: Union[str, tuple[int, int], None],
+                    precision: str, threads: Optional[int], overrides: dict) -> None:
+        """An exported graph (``.onnx`` for onnxruntime, ``.xml`` for OpenVINO) in place of the model."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"backend {self.backend!r} runs an exported file; got a {type(path).__name__}")
+        if overrides:
+            raise ValueError(f"overrides {sorted(overrides)} apply to the torch backend; an exported graph has its "
+                             "thresholds baked in (export again with them)")
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"backend {self.backend!r} runs on the CPU, got device {device!r}")
+        self.device = torch.device("cpu")
+        if self.backend == "onnxruntime":
+            from .onnx_runtime import OnnxPredictor
+
+            if precision == "bf16":
+                raise ValueError("the onnxruntime backend runs the fp32 graph; use backend='openvino' for bf16")
+            self.precision = "fp32"
+            self.graph = OnnxPredictor(path, threads=threads)
+        else:
+            from .openvino_runtime import OpenVinoPredictor
+
+            self.graph = OpenVinoPredictor(path, threads=threads, precision=precision)
+            self.precision = self.graph.precision
+        meta = self.graph.metadata
+        self.model = None
+        self.batch_size = int(batch_size)
+        if isinstance(scale, str):
+            if scale != "model":
+                raise ValueError(f"scale must be 'model', a (long, short) pair or None, got {scale!r}")
+            scale = (meta.get("model_config") or {}).get("test_scale")
+        self.scale = None if scale is None else (int(scale[0]), int(scale[1]))
+        n = int(meta.get("num_classes", 0)) or len(meta.get("class_names", []))
+        self.class_names = list(meta.get("class_names") or [str(i) for i in range(n)])
+        mapping = meta.get("label_to_cat_id")
+        if isinstance(mapping, dict):
+            self.label_to_cat_id = {int(k): int(v) for k, v in mapping.items()}
+        elif isinstance(mapping, list):
+            self.label_to_cat_id = {i: int(v) for i, v in enumerate(mapping)}
+        else:
+            self.label_to_cat_id = {i: i + 1 for i in range(n)}
+
+    def _graph_predict(self, image: Union[np.ndarray, Tensor]) -> dict[str, Tensor]:
+        """``model.predict`` of one image with the exported graph: the same test resize (uint8 bilinear,
+        mmdet's rounding), box rescaling and mask pasting as the torch path, the network in the graph."""
+        from ..modeling.postprocess import paste_masks, rescale_boxes
+        from ..modeling.preprocess import resize_keep_ratio, to_chw_255
+
+        assert self.graph is not None
+        orig = to_chw_255(image)
+        h0, w0 = int(orig.shape[1]), int(orig.shape[2])
+        net = resize_keep_ratio(orig, self.scale) if self.scale is not None else orig
+        net_u8 = net.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+        raw = self.graph.raw(net_u8)
+        boxes = rescale_boxes(torch.from_numpy(raw["boxes"]), (int(net.shape[1]), int(net.shape[2])), (h0, w0))
+        masks = paste_masks(torch.from_numpy(raw["mask_probs"]), boxes, h0, w0, self.graph.mask_thr)
+        return {"boxes": boxes, "scores": torch.from_numpy(raw["scores"]), "labels": torch.from_numpy(raw["labels"]),
+                "masks": masks}
 
     # --------------------------------------------------------------------------------------------
     def _as_array(self, item: ImageInput) -> tuple[Union[np.ndarray, Tensor], Optional[str]]:
@@ -178,8 +263,13 @@ class Predictor:
              keep_images: bool = False) -> list[dict[str, Any]]:
         if self.slicing is not None or self.tta is not None:
             outs = self._run_large(images)
+        elif self.graph is not None:
+            outs = [self._graph_predict(im) for im in images]
         else:
-            outs = self.model.predict(images, resize=self.scale is not None, scale=self.scale)
+            from ..modeling.acceleration import inference_autocast
+
+            with inference_autocast(self.device, self.precision):
+                outs = self.model.predict(images, resize=self.scale is not None, scale=self.scale)
         results = []
         for out, name, arr in zip(outs, names, images):
             r = {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in out.items()}
@@ -318,6 +408,12 @@ def register_subcommand(sub: Any) -> None:
                         "to N are predicted (default: PIL's, 178956970)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from OUT.partial (the images it holds are not predicted again)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16: bf16 autocast (torch) or OpenVINO's bf16 inference precision; auto: bf16 on a CPU with "
+                        "AMX-BF16 / AVX512-BF16 or a CUDA GPU with bf16, fp32 elsewhere (logged); onnxruntime: fp32")
+    p.add_argument("--backend", choices=list(BACKENDS), default="torch",
+                   help="what runs the network: torch (--checkpoint: any checkpoint), onnxruntime (--checkpoint: a .onnx "
+                        "from 'export --format onnx') or openvino (--checkpoint: a .xml from 'export --format openvino')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from ..inference import options
 
@@ -350,14 +446,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..inference import options
 
     slicing, tta = options.from_args(args)
-    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, scale=scale,
-                          slicing=slicing, tta=tta, progress=not args.no_progress,
-                          max_image_pixels=args.max_image_pixels, **({"roi": roi} if roi else {}))
+    if args.backend != "torch" and (roi or slicing is not None or tta is not None):
+        raise ConfigError(f"--score-thr / --max-per-img / --slice / --tta apply to --backend torch; the exported graph "
+                          f"{args.checkpoint} has its thresholds baked in")
+    try:
+        predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, scale=scale,
+                              slicing=slicing, tta=tta, progress=not args.no_progress,
+                              max_image_pixels=args.max_image_pixels, precision=args.precision, backend=args.backend,
+                              **({"roi": roi} if roi else {}))
+    except ImportError as e:  # the backend's package is missing
+        raise ConfigError(f"--backend {args.backend}: {e}") from None
     sources, errors = collect_images(args.inputs)
     for line in errors:
         print(f"swin-maskrcnn predict: error: {line}", file=sys.stderr)
-    log.info("predicting %d images with %s (test scale %s, device %s)", len(sources), args.checkpoint,
-             predictor.scale or "none", predictor.device)
+    log.info("predicting %d images with %s (backend %s, %s, test scale %s, device %s)", len(sources), args.checkpoint,
+             predictor.backend, predictor.precision, predictor.scale or "none", predictor.device)
     viz_dir = Path(args.viz) if args.viz else None
     used: set[Path] = set()
     settings = {"score_thr": args.score_thr, "max_per_img": args.max_per_img, "scale": predictor.scale,

@@ -8,12 +8,18 @@ part and bf16 autocast for inference.
   (``dynamic=None``: a second size makes the graph shape-generic); its cost and measured effect
   are in ``docs/performance.md``.
 * :func:`inference_autocast` is ``torch.autocast`` with bf16 on the model's device, or a no-op.
+* :func:`resolve_precision` turns ``precision="auto"`` into ``"bf16"`` where the hardware executes
+  bf16 natively (a CPU with AMX-BF16 or AVX512-BF16, a CUDA GPU with bf16 support) and ``"fp32"``
+  elsewhere, and logs the choice. On a CPU without those instructions bf16 autocast is emulated
+  and several times *slower* than fp32 (5x on the AVX2 EPYC of ``docs/performance.md``), so "auto"
+  never picks it there.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import ContextManager, Literal, Optional
+from pathlib import Path
+from typing import ContextManager, Iterable, Literal, Optional
 
 import torch
 from torch import nn
@@ -39,10 +45,72 @@ def compile_dense(model: nn.Module, mode: Optional[str] = "default") -> nn.Modul
     return model
 
 
+#: the values ``--precision`` / ``precision=`` accept
+PRECISIONS = ("auto", "fp32", "bf16")
+#: /proc/cpuinfo flags of native bf16 arithmetic: AMX tiles (Sapphire Rapids+) or AVX512-BF16
+#: (Cooper Lake, Zen 4+). Either makes oneDNN's bf16 matmuls / convolutions faster than fp32.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> Optional[frozenset[str]]:
+    """The ``flags`` of the first processor in ``cpuinfo`` (Linux), or None where it cannot be read."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
+def cpu_has_native_bf16(flags: Optional[Iterable[str]] = None) -> bool:
+    """Whether this CPU runs bf16 natively (AMX-BF16 or AVX512-BF16).
+
+    ``flags``: CPU feature flags as in /proc/cpuinfo (default: read them; where there is no
+    /proc/cpuinfo, torch's own CPUID probe ``torch.cpu._is_amx_tile_supported`` /
+    ``_is_avx512_bf16_supported`` decides, and False if torch has neither)."""
+    if flags is None:
+        flags = cpu_flags()
+    if flags is not None:
+        return any(f in set(flags) for f in CPU_BF16_FLAGS)
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(bool(p()) for p in probes if callable(p))
+
+
+def resolve_precision(
+    precision: str, device: torch.device | str = "cpu", flags: Optional[Iterable[str]] = None
+) -> Literal["fp32", "bf16"]:
+    """``"fp32"`` / ``"bf16"`` as given; ``"auto"`` -> bf16 on a CUDA GPU with bf16
+    (``torch.cuda.is_bf16_supported``) or a CPU with native bf16 (:func:`cpu_has_native_bf16` of
+    ``flags``), fp32 on anything else (incl. other device types). The automatic choice is logged."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision  # type: ignore[return-value]
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        ok = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        why = "this CUDA GPU supports bf16" if ok else "this CUDA GPU has no bf16"
+    elif dev.type == "cpu":
+        ok = cpu_has_native_bf16(flags)
+        why = ("the CPU has native bf16 (" + "/".join(CPU_BF16_FLAGS) + ")") if ok else \
+            "the CPU has no native bf16 (no " + " or ".join(CPU_BF16_FLAGS) + "), where bf16 would be slower"
+    else:
+        ok, why = False, f"device type {dev.type!r} is not probed for bf16"
+    chosen: Literal["fp32", "bf16"] = "bf16" if ok else "fp32"
+    log.info("precision auto -> %s on %s: %s", chosen, dev, why)
+    return chosen
+
+
 def inference_autocast(device: torch.device | str, precision: Literal["fp32", "bf16"] = "fp32") -> ContextManager:
-    """bf16 autocast on ``device``'s type for ``precision='bf16'``, else a no-op context."""
+    """bf16 autocast on ``device``'s type for ``precision='bf16'`` (or ``'auto'`` resolved to bf16 by
+    :func:`resolve_precision`), else a no-op context."""
+    if precision == "auto":
+        precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision != "bf16":
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)

@@ -200,7 +200,10 @@ class RuntimeConfig(StrictModel):
     devices: Union[int, Literal["auto"], list[int]] = "auto"
     num_nodes: int = Field(1, ge=1)
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_find_unused_parameters_true, ...")
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "auto"] = Field(
+        "32-true", description="Lightning precision; auto: bf16-mixed where the run's device computes bf16 natively "
+        "(a CPU with AMX-BF16 / AVX512-BF16, a CUDA GPU with bf16), else 32-true (logged; see "
+        "swin_maskrcnn.modeling.acceleration.resolve_precision)")
     compile: Optional[CompileMode] = Field(
         None, description="torch.compile the backbone and FPN with this mode (None: eager); see docs/performance.md"
     )

@@ -377,6 +377,23 @@ def build_callbacks(
     return RunCallbacks(periodic=periodic, evaluation=evaluation, best=best, probe=probe, extra=list(extra), stop=stop)
 
 
+def lightning_precision(precision: str, accelerator: str, flags: Optional[Any] = None) -> str:
+    """``runtime.precision`` for Lightning: ``auto`` -> ``bf16-mixed`` where the accelerator's device
+    computes bf16 natively (:func:`~swin_maskrcnn.modeling.acceleration.resolve_precision`; ``flags``:
+    CPU flags for tests), else ``32-true``; any other value is passed through."""
+    from ..modeling.acceleration import resolve_precision
+
+    if precision != "auto":
+        return precision
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        device = "cuda"
+    elif accelerator in ("cpu", "auto"):
+        device = "cpu"
+    else:  # mps and others: no bf16 probe
+        device = accelerator
+    return "bf16-mixed" if resolve_precision("auto", device, flags=flags) == "bf16" else "32-true"
+
+
 def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[L.Callback]) -> L.Trainer:
     """Lightning Trainer of the run: one 'epoch' of max_steps optimizer steps (our sampler shards
     and orders the data), Lightning's devices/strategy/precision, atomic checkpoint writes."""
@@ -386,7 +403,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[L.Callbac
         devices=rt.devices,
         num_nodes=rt.num_nodes,
         strategy=rt.strategy,
-        precision=rt.precision,
+        precision=lightning_precision(rt.precision, rt.accelerator),
         max_steps=cfg.optim.max_steps,
         max_epochs=-1,
         max_time=None if rt.max_minutes is None else timedelta(minutes=rt.max_minutes),

@@ -107,7 +107,7 @@ def _check_against_model(results_of_image: list[dict], model, path: Path, scale,
 def test_predict_folder_and_file_with_our_checkpoint(ours, inputs, tmp_path, capsys):
     out, viz = tmp_path / "preds.json", tmp_path / "viz"
     rc = main(["predict", "--checkpoint", str(ours), "--out", str(out), "--viz", str(viz), "--device", "cpu",
-               "--no-progress", str(inputs["folder"]), str(inputs["loose"])])
+               "--no-progress", "--precision", "fp32", str(inputs["folder"]), str(inputs["loose"])])
     err = capsys.readouterr().err
     assert rc == 1  # the broken jpeg
     error_lines = [line for line in err.splitlines() if "error:" in line]
@@ -158,14 +158,14 @@ def test_predict_with_a_swin_v2_checkpoint(inputs, tmp_path):
 def test_max_per_img_and_score_thr(ours, inputs, tmp_path):
     image = str(inputs["folder"] / "a_rgb.png")
     out = tmp_path / "p.json"
-    assert main(["predict", "--checkpoint", str(ours), "--out", str(out), "--no-progress", "--device", "cpu", image]) == 0
+    assert main(["predict", "--checkpoint", str(ours), "--out", str(out), "--no-progress", "--precision", "fp32", "--device", "cpu", image]) == 0
     n_default = len(json.loads(out.read_text()))
     assert n_default == 30  # the checkpoint's max_per_img, not mmdet's 100 and not shape-inferred
-    assert main(["predict", "--checkpoint", str(ours), "--out", str(out), "--no-progress", "--device", "cpu",
+    assert main(["predict", "--checkpoint", str(ours), "--out", str(out), "--no-progress", "--precision", "fp32", "--device", "cpu",
                  "--max-per-img", "4", image]) == 0
     capped = json.loads(out.read_text())
     assert len(capped) == 4
-    assert main(["predict", "--checkpoint", str(ours), "--out", str(out), "--no-progress", "--device", "cpu",
+    assert main(["predict", "--checkpoint", str(ours), "--out", str(out), "--no-progress", "--precision", "fp32", "--device", "cpu",
                  "--max-per-img", "200", "--score-thr", "0.4", image]) == 0
     high = json.loads(out.read_text())
     assert all(r["score"] > 0.4 for r in high) and len(high) < 200
@@ -174,7 +174,7 @@ def test_max_per_img_and_score_thr(ours, inputs, tmp_path):
 def test_predict_with_an_mmdet_checkpoint_no_resize(inputs, tmp_path, capsys):
     out = tmp_path / "mm.json"
     # the fixture's random weights score below mmdet's 0.05 on these images: threshold 0, cap 10
-    assert main(["predict", "--checkpoint", str(MMDET_CKPT), "--out", str(out), "--no-resize", "--no-progress",
+    assert main(["predict", "--checkpoint", str(MMDET_CKPT), "--out", str(out), "--no-resize", "--no-progress", "--precision", "fp32",
                  "--device", "cpu", "--score-thr", "0", "--max-per-img", "10",
                  str(inputs["loose"]), str(inputs["folder"] / "a_rgb.png")]) == 0
     assert "20 detections on 2 images" in capsys.readouterr().out
@@ -233,7 +233,7 @@ def test_predict_imports_no_lightning_pycocotools_matplotlib(ours, inputs):
 
 def test_missing_input_is_an_error_line_and_exit_1(ours, inputs, tmp_path, capsys):
     out = tmp_path / "p.json"
-    rc = main(["predict", "--checkpoint", str(ours), "--out", str(out), "--no-progress", "--device", "cpu",
+    rc = main(["predict", "--checkpoint", str(ours), "--out", str(out), "--no-progress", "--precision", "fp32", "--device", "cpu",
                str(tmp_path / "nope.jpg"), str(inputs["loose"])])
     assert rc == 1
     assert "nope.jpg: no such file or folder" in capsys.readouterr().err
@@ -270,3 +270,30 @@ def test_small_images_are_upscaled_and_low_scores_not_drawn():
     col = both[:, : 10 * 4, 10 * 4 + 1]  # the patch's left margin, beside the text
     patch = (col == torch.tensor(PALETTE[0])[:, None]).all(0)
     assert patch.sum() >= 14 and patch[-1]
+
+
+def test_predict_and_evaluate_default_to_auto_precision():
+    from swin_maskrcnn.apps.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["predict", "--checkpoint", "c", "--out", "o", "x.png"]).precision == "auto"
+    assert parser.parse_args(["evaluate", "--checkpoint", "c", "--ann", "a", "--images", "i"]).precision == "auto"
+
+
+def test_predictor_precision_bf16_is_the_model_under_autocast_and_auto_is_resolved(ours, inputs, caplog):
+    """``precision='bf16'`` equals ``model.predict`` under bf16 autocast; ``auto`` resolves (and logs) by the CPU."""
+    import logging
+
+    from swin_maskrcnn.modeling.acceleration import cpu_has_native_bf16
+
+    image = load_rgb_image(inputs["loose"])
+    model = load_model(ours)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (ref,) = model.predict([image])
+    (got,) = Predictor(ours, device="cpu", precision="bf16").predict(image)
+    assert torch.equal(got["boxes"], ref["boxes"]) and torch.equal(got["masks"], ref["masks"])
+    with caplog.at_level(logging.INFO, logger="swin_maskrcnn.modeling.acceleration"):
+        p = Predictor(ours, device="cpu", precision="auto")
+    assert p.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert any("precision auto ->" in r.getMessage() for r in caplog.records)
+    assert Predictor(ours, device="cpu").precision == "fp32"  # the Python API's default stays fp32

@@ -86,6 +86,9 @@ def test_dependencies_are_ranges_with_lower_bounds(requirements):
     assert {r.name for r in extras["demo"]} == {"matplotlib"}
     assert {r.name for r in extras["tensorboard"]} == {"tensorboard"}
     assert {r.name for r in extras["export"]} == {"onnx", "onnxruntime"}
+    assert {r.name for r in extras["openvino"]} == {"openvino"}
+    assert {r.name for r in extras["fasteval"]} == {"faster-coco-eval"}
+    assert not names & {"openvino", "faster-coco-eval"}, names
     # `make test` installs [all]: every other extra
     (everything,) = extras["all"]
     assert everything.extras == set(extras) - {"all"}
