@@ -145,7 +145,7 @@ def test_predict_with_a_swin_v2_checkpoint(inputs, tmp_path):
     ckpt = save_checkpoint(root / "model_final.pt", SwinMaskRCNN(cfg.model).eval(), cfg, ["rect", "ellipse"], {3: 0, 7: 1})
     out = tmp_path / "preds.json"
     folder = inputs["folder"]
-    assert main(["predict", "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu", "--no-progress",
+    assert main(["predict", "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu", "--no-progress", "--precision", "fp32",
                  str(folder / "a_rgb.png"), str(folder / "sub" / "e_exif.jpg")]) == 0
     per = _by_image(json.loads(out.read_text()))
     model = load_model(ckpt)

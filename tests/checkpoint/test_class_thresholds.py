@@ -124,7 +124,7 @@ def test_score_thr_option_overrides_and_bad_names(weights, tmp_path):
     Image.fromarray(image).save(tmp_path / "a.png")
     for extra, n_expected in (([], int(_expected(all_dets, thr, 0.0).sum())), (["--score-thr", "0.0"], len(all_dets["scores"]))):
         out = tmp_path / "p.json"
-        assert main(["predict", "--checkpoint", str(path), "--out", str(out), "--no-resize", "--no-progress",
+        assert main(["predict", "--checkpoint", str(path), "--out", str(out), "--no-resize", "--no-progress", "--precision", "fp32",
                      "--device", "cpu", *extra, str(tmp_path / "a.png")]) == 0
         assert len(json.loads(out.read_text())) == n_expected
     with pytest.raises(CheckpointError, match=r"names classes the model does not have: \['disc'\]"):

@@ -107,10 +107,10 @@ def test_evaluate_uses_max_instances_as_the_largest_max_dets(tmp_path, capsys):
     cfg = tiny_model_config(num_classes=2, max_instances=150, test_scale=(128, 128))
     ck = save_checkpoint(tmp_path / "m.pt", SwinMaskRCNN(cfg), cfg, ["rect", "ellipse"], {3: 0, 7: 1})
     out = tmp_path / "metrics.json"
-    assert main(["evaluate", "--checkpoint", str(ck), "--ann", str(ann), "--images", str(imgs), "--out", str(out),
+    assert main(["evaluate", "--checkpoint", str(ck), "--ann", str(ann), "--images", str(imgs), "--precision", "fp32", "--out", str(out),
                  "--no-progress", "--device", "cpu"]) == 0
     metrics = json.loads(out.read_text())
     assert {"AR@1", "AR@100", "AR@150"} <= set(metrics["bbox"]) and "AR@10" not in metrics["bbox"]
-    assert main(["evaluate", "--checkpoint", str(ck), "--ann", str(ann), "--images", str(imgs), "--out", str(out),
+    assert main(["evaluate", "--checkpoint", str(ck), "--ann", str(ann), "--images", str(imgs), "--precision", "fp32", "--out", str(out),
                  "--no-progress", "--device", "cpu", "--max-dets", "1", "10", "100"]) == 0  # explicit wins
     assert "AR@10" in json.loads(out.read_text())["bbox"]
