@@ -14,8 +14,15 @@ the model does that), and ``target`` a dict with
 Segmentations may be polygons, compressed RLE or uncompressed RLE (decoded with pycocotools).
 The box of an instance is the annotation's ``bbox`` (as in mmdet), clipped to the image.
 
-**Crowd annotations** (``iscrowd=1``) are dropped from the training targets. They stay in
-``self.coco`` (the ground truth: the file as pycocotools reads it, less segmentations it cannot rasterise), where COCOeval treats them as ignore regions.
+**Crowd annotations** (``iscrowd=1``, and annotations marked ``"ignore": 1``, a common convention)
+are never training instances. ``crowd="drop"`` (the default) drops them from the training targets;
+``crowd="ignore"`` turns their boxes into the target's ``ignore_boxes`` (K, 4) xyxy (clipped to the
+image; boxes under 1 px or outside the image are skipped with a warning), which the transforms carry
+like ``boxes`` and the model's assigners leave out of training (``model.rpn.ignore_iof_thr``,
+``model.roi.ignore_iof_thr``). They stay in ``self.coco`` (the ground truth: the file as pycocotools
+reads it, less segmentations it cannot rasterise), where COCOeval treats ``iscrowd=1`` as ignore regions
+(pycocotools reads ``iscrowd`` only: an ``"ignore": 1`` annotation without ``iscrowd`` is evaluated as
+an object).
 
 **Problems in the dataset** are found once, in ``__init__``, before any training step: the
 annotation file is parsed and checked, every annotation is checked against its image, and every
@@ -61,6 +68,7 @@ which applies ``min_size`` whether or not empty images are filtered; the default
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 import warnings
@@ -110,9 +118,14 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         min_size: int = 0,
         num_classes: Optional[int] = None,
         bad_images: Literal["error", "skip"] = "error",
+        crowd: Literal["drop", "ignore"] = "drop",
     ):
         if bad_images not in ("error", "skip"):
             raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
+        if crowd not in ("drop", "ignore"):
+            raise ValueError(f"crowd must be 'drop' or 'ignore', got {crowd!r}")
+        self.crowd = crowd
+        self._ignore_boxes: dict[int, list[list[float]]] = {}
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
         self.transforms = transforms
@@ -160,12 +173,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             summary = ", ".join(f"{k}: {v}" for k, v in sorted(self.report.problems.items()))
             logger.warning("%s: annotation problems (annotations skipped or repaired): %s", self._fname, summary)
         logger.info(
-            "%s: %d images (%d in file), %d training instances, %d crowd annotations excluded, %d categories",
+            "%s: %d images (%d in file), %d training instances, %d crowd annotations excluded (data.crowd=%s: "
+            "%d ignore regions), %d categories",
             self._fname,
             len(self.img_ids),
             len(all_ids),
             self.num_instances(),
             self._num_crowd,
+            crowd,
+            self.num_ignore_boxes(),
             len(self.cat_ids),
         )
 
@@ -189,13 +205,40 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             raise DataError(f"{self._fname}: annotation id {ann['id']} refers to image id {img_id!r}, "
                             "which is not in the file's images")
         ctx = self._ctx(img_id, ann["id"])
-        if int(ann.get("iscrowd", 0) or 0):
+        if int(ann.get("iscrowd", 0) or 0) or int(ann.get("ignore", 0) or 0):
             if ann.get("category_id") not in self.cat_id_to_label:
                 raise DataError(f"{ctx}: unknown category_id {ann.get('category_id')!r} "
                                 f"(categories of the file: {self.cat_ids})")
             self._num_crowd += 1
+            if self.crowd == "ignore":
+                box = self._crowd_box(ann, ctx)
+                if box is not None:
+                    self._ignore_boxes.setdefault(img_id, []).append(box)
             return None
         return check_annotation(ann, self._images[img_id], self.cat_id_to_label, ctx, self.report)
+
+    def _crowd_box(self, ann: dict, ctx: str) -> Optional[list[float]]:
+        """xyxy box of a crowd / ignore annotation, clipped to the image (None: skipped, warned)."""
+        info = self._images[ann["image_id"]]
+        h, w = float(info["height"]), float(info["width"])
+        bbox = ann.get("bbox")
+        if bbox is None and ann.get("segmentation"):
+            try:
+                bbox = [float(v) for v in mask_utils.toBbox(segm_to_rle(ann["segmentation"], int(h), int(w)))]
+            except Exception as exc:  # noqa: BLE001 - pycocotools raises assorted errors for malformed RLE
+                raise DataError(f"{ctx}: crowd annotation without bbox and an undecodable segmentation: {exc}") from exc
+        try:
+            x, y, bw, bh = (float(v) for v in bbox)  # type: ignore[union-attr]
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{ctx}: malformed bbox {bbox!r} of a crowd annotation (need [x, y, w, h])") from exc
+        if not all(math.isfinite(v) for v in (x, y, bw, bh)):
+            raise DataError(f"{ctx}: non-finite bbox {bbox!r} of a crowd annotation")
+        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
+        if bw < 1 or bh < 1 or x2 <= x1 or y2 <= y1:
+            self.report.warn("crowd box under 1 px or outside the image",
+                             f"{ctx}: crowd box {bbox} is under 1 px or outside the image; no ignore region")
+            return None
+        return [x1, y1, x2, y2]
 
     def _describe(self, p: ImageProblem) -> str:
         return f"image id {p.image_id} ({p.path}): {p.detail} (annotation ids {self._ann_ids_of(p.image_id)})"
@@ -236,8 +279,12 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 
     @property
     def num_crowd(self) -> int:
-        """Crowd annotations of the file (ignore regions for COCOeval, not training targets)."""
+        """Crowd / ignore annotations of the file (ignore regions for COCOeval, not training instances)."""
         return self._num_crowd
+
+    def num_ignore_boxes(self) -> int:
+        """Ignore regions the training targets carry over the images in use (0 with ``crowd='drop'``)."""
+        return sum(len(self._ignore_boxes.get(i, [])) for i in self.img_ids)
 
     def num_instances(self) -> int:
         """Training instances (non-crowd, not skipped) over the images in use."""
@@ -310,7 +357,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         else:
             masks = np.zeros((0, h, w), dtype=np.uint8)
             boxes = torch.zeros((0, 4), dtype=torch.float32)
-        return {
+        target = {
             "boxes": boxes,
             "labels": torch.tensor([r["label"] for r in recs], dtype=torch.int64),
             "masks": torch.from_numpy(masks.astype(np.uint8, copy=False)),
@@ -319,6 +366,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             "img_size": (h, w),
             "scale_factor": (1.0, 1.0),
         }
+        if self.crowd == "ignore":
+            target["ignore_boxes"] = torch.tensor(self._ignore_boxes.get(img_id, []), dtype=torch.float32).reshape(-1, 4)
+        return target
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
         arr = self.load_image(i)

@@ -11,6 +11,10 @@ Every transform is a callable ``t(image, target) -> (image, target)``:
   cumulative resize factor *relative to the original image* (a crop does not change it; at test
   time, with a single resize, it is exactly new / original per axis). Missing bookkeeping keys
   are initialised from the image the first time a transform sees the target.
+* optionally ``ignore_boxes`` (K, 4) xyxy: "don't care" regions (crowds, ``data.crowd: ignore``).
+  They follow every geometric transform like ``boxes`` (resized, flipped, cropped and clipped to
+  the image) and one that becomes empty (zero width or height) is dropped; they are not instances
+  (no label, no mask), so dropping an instance never touches them.
 
 The geometric work is done by ``torchvision.transforms.v2.functional`` on ``tv_tensors``
 (``Image``, ``BoundingBoxes``, ``Mask``); only the parameters are computed here, where mmdet's
@@ -106,10 +110,29 @@ def _prepare(image: torch.Tensor, target: Optional[Target]) -> tuple[tv_tensors.
         target["labels"] = torch.zeros((n,), dtype=torch.int64)
     if len(target["labels"]) != n:
         raise ValueError(f"{len(target['labels'])} labels for {n} boxes")
+    ignore = target.get("ignore_boxes")
+    if ignore is not None and (
+        not isinstance(ignore, tv_tensors.BoundingBoxes) or tuple(ignore.canvas_size) != (h, w)
+    ):
+        target["ignore_boxes"] = tv_tensors.BoundingBoxes(
+            torch.as_tensor(ignore, dtype=torch.float32).reshape(-1, 4).as_subclass(torch.Tensor),
+            format=tv_tensors.BoundingBoxFormat.XYXY,
+            canvas_size=(h, w),
+        )
     target.setdefault("orig_size", (h, w))
     target.setdefault("scale_factor", (1.0, 1.0))
     target["img_size"] = (h, w)
     return image, target
+
+
+def _nonempty_ignore(target: Target) -> Target:
+    """Drops the ignore boxes a crop or a clip left with zero width or height."""
+    ignore = target.get("ignore_boxes")
+    if ignore is not None and ignore.shape[0]:
+        keep = ((ignore[:, 2] > ignore[:, 0]) & (ignore[:, 3] > ignore[:, 1])).as_subclass(torch.Tensor)
+        if not bool(keep.all()):
+            target["ignore_boxes"] = ignore[keep]
+    return target
 
 
 def _select(target: Target, keep: torch.Tensor) -> Target:
@@ -145,6 +168,8 @@ def unwrap_target(target: Target) -> Target:
             out[key] = value.as_subclass(torch.Tensor)
     if "boxes" in out:
         out["boxes"] = out["boxes"].to(torch.float32).reshape(-1, 4)
+    if out.get("ignore_boxes") is not None:
+        out["ignore_boxes"] = out["ignore_boxes"].to(torch.float32).reshape(-1, 4)
     if "labels" in out:
         out["labels"] = out["labels"].to(torch.int64)
     if "masks" in out:
@@ -194,6 +219,9 @@ def resize_to(image: torch.Tensor, target: Optional[Target], new_h: int, new_w: 
         return image, target
     image = F.resize(image, [new_h, new_w], interpolation=InterpolationMode.BILINEAR, antialias=False)
     target["boxes"] = resize_boxes(target["boxes"], new_h, new_w)
+    if target.get("ignore_boxes") is not None:
+        target["ignore_boxes"] = resize_boxes(target["ignore_boxes"], new_h, new_w)
+        target = _nonempty_ignore(target)
     masks = target["masks"]
     if masks.shape[0] == 0:
         target["masks"] = tv_tensors.Mask(torch.zeros((0, new_h, new_w), dtype=masks.dtype))
@@ -275,6 +303,8 @@ class RandomHorizontalFlip:
         image = F.horizontal_flip(image)
         target["boxes"] = F.horizontal_flip(target["boxes"])
         target["masks"] = F.horizontal_flip(target["masks"])
+        if target.get("ignore_boxes") is not None:
+            target["ignore_boxes"] = F.horizontal_flip(target["ignore_boxes"])
         return image, target
 
     def __repr__(self) -> str:
@@ -347,6 +377,9 @@ class RandomAbsoluteCrop:
         keep = box_ok.as_subclass(torch.Tensor).bool() & mask_ok
         target["boxes"], target["masks"] = boxes, masks
         target = _select(target, keep)
+        if target.get("ignore_boxes") is not None:
+            target["ignore_boxes"] = F.crop(target["ignore_boxes"], top, left, height, width)
+            target = _nonempty_ignore(target)
         if self.recompute_bbox and target["masks"].shape[0]:
             target["boxes"] = tv_tensors.BoundingBoxes(
                 masks_to_boxes(target["masks"]), format="XYXY", canvas_size=(height, width)

@@ -7,10 +7,19 @@ Result per candidate: ``gt_inds`` with -1 = ignored, 0 = negative, k >= 1 = posi
    for every GT whose best IoU reaches ``min_pos_iou``, so small or oddly shaped boxes that no
    anchor covers at 0.7 still train the RPN. torchvision's Matcher differs (no min_pos_iou, argmax
    GT of each candidate).
+
+Ignore regions (mmdet's ``ignore_iof_thr``, ``ignore_wrt_candidates=True``): before step 1, every
+candidate whose intersection over ITS OWN area with any ignore box exceeds ``ignore_iof_thr`` gets
+IoU -1 with every GT, so it is neither negative (step 1 needs IoU >= 0) nor positive, and no GT's
+low-quality match can pick it: it stays -1 and is never sampled. As in mmdet 3.3 the rule is off
+when ``ignore_iof_thr <= 0`` (the default -1), when there are no ignore boxes, and when the image has
+no GT box at all (mmdet then assigns every candidate to background before looking at the ignore
+boxes). GT boxes added as proposals (RoI stage) are appended after assignment and are never ignored.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -24,20 +33,53 @@ class AssignResult:
     labels: Tensor  # (N,) int64, -1 where not positive
 
 
+def box_iof(boxes: Tensor, regions: Tensor, eps: float = 1e-6) -> Tensor:
+    """(N, K) intersection of each box with each region over the BOX's area (mmdet's
+    ``bbox_overlaps(mode='iof')``, the area floored at ``eps``)."""
+    lt = torch.max(boxes[:, None, :2], regions[None, :, :2])
+    rb = torch.min(boxes[:, None, 2:], regions[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None]
+    return overlap / torch.max(area, area.new_tensor([eps]))
+
+
 class MaxIoUAssigner:
-    def __init__(self, pos_iou_thr: float, neg_iou_thr: float, min_pos_iou: float, match_low_quality: bool = True):
+    def __init__(
+        self,
+        pos_iou_thr: float,
+        neg_iou_thr: float,
+        min_pos_iou: float,
+        match_low_quality: bool = True,
+        ignore_iof_thr: float = -1.0,
+    ):
         self.pos_iou_thr = pos_iou_thr
         self.neg_iou_thr = neg_iou_thr
         self.min_pos_iou = min_pos_iou
         self.match_low_quality = match_low_quality
+        self.ignore_iof_thr = ignore_iof_thr
 
-    def assign(self, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> AssignResult:
-        """Assign ``boxes`` (N, 4) to ``gt_boxes`` (G, 4) with labels (G,)."""
+    def ignored(self, boxes: Tensor, ignore_boxes: Optional[Tensor]) -> Optional[Tensor]:
+        """(N,) bool: candidates inside an ignore region (IoF > ``ignore_iof_thr``), or None when the
+        rule is off (threshold <= 0, no ignore boxes or no candidates)."""
+        if self.ignore_iof_thr <= 0 or ignore_boxes is None or ignore_boxes.numel() == 0 or boxes.numel() == 0:
+            return None
+        iof = box_iof(boxes.float(), ignore_boxes.to(boxes.device).float().reshape(-1, 4))
+        return iof.max(dim=1).values > self.ignore_iof_thr
+
+    def assign(
+        self, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, ignore_boxes: Optional[Tensor] = None
+    ) -> AssignResult:
+        """Assign ``boxes`` (N, 4) to ``gt_boxes`` (G, 4) with labels (G,); ``ignore_boxes`` (K, 4)
+        are "don't care" regions (see the module docstring)."""
         n = boxes.shape[0]
         if gt_boxes.shape[0] == 0 or n == 0:
             gt_inds = boxes.new_zeros(n, dtype=torch.long)
             return AssignResult(gt_inds, boxes.new_zeros(n), boxes.new_full((n,), -1, dtype=torch.long))
         overlaps = box_iou(gt_boxes.float(), boxes.float())  # (G, N)
+        ignored = self.ignored(boxes, ignore_boxes)
+        if ignored is not None:
+            overlaps[:, ignored] = -1.0
         return self.assign_from_overlaps(overlaps, gt_labels)
 
     def assign_from_overlaps(self, overlaps: Tensor, gt_labels: Tensor) -> AssignResult:

@@ -132,6 +132,13 @@ class RPNConfig(StrictModel):
         "(swin_maskrcnn.diagnostics.anchor_fit: the set with the best bpr and as many anchors per location) and "
         "writes them into the resolved config and every checkpoint; false keeps the configured anchors (mmdet)",
     )
+    ignore_iof_thr: float = Field(
+        -1.0,
+        le=1,
+        description="anchors whose intersection over their own area with an ignore box (targets' ignore_boxes, "
+        "e.g. crowd regions with data.crowd=ignore) exceeds this are neither positive nor negative (mmdet's "
+        "MaxIoUAssigner ignore_iof_thr); <= 0: off (mmdet default -1)",
+    )
 
 
 class RoIConfig(StrictModel):
@@ -143,6 +150,12 @@ class RoIConfig(StrictModel):
     num_samples: int = Field(512, ge=1)
     pos_fraction: float = Field(0.25, gt=0, le=1)
     add_gt_as_proposals: bool = True
+    ignore_iof_thr: float = Field(
+        -1.0,
+        le=1,
+        description="proposals whose intersection over their own area with an ignore box exceeds this are never "
+        "sampled (mmdet's MaxIoUAssigner ignore_iof_thr; GT added as proposals is unaffected); <= 0: off (mmdet -1)",
+    )
     finest_scale: float = Field(56.0, gt=0)
     score_thr: float = Field(0.05, ge=0, le=1)
     score_thr_per_class: dict[str, float] = Field(

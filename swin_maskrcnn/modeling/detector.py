@@ -44,7 +44,9 @@ class SwinMaskRCNN(nn.Module):
     ``scores``, ``labels`` (0..C-1), ``masks`` (K, h, w) bool, at ``original_sizes`` if given
     (boxes rescaled, masks pasted at that size) or else at the input image's size.
     ``images`` are (3, H, W) float RGB in [0, 1]; targets have ``boxes`` (N, 4) xyxy in the image's
-    pixels, ``labels`` (N,) in 0..C-1 and ``masks`` (N, H, W).
+    pixels, ``labels`` (N,) in 0..C-1 and ``masks`` (N, H, W), and optionally ``ignore_boxes`` (K, 4)
+    xyxy "don't care" regions (crowds): anchors / proposals inside them are never sampled when
+    ``rpn.ignore_iof_thr`` / ``roi.ignore_iof_thr`` > 0 (mmdet's ignore_iof_thr).
     ``meta`` (:class:`~swin_maskrcnn.modeling.meta.ModelMeta`): class names and dataset category ids,
     by default "0".."C-1" and none; ``class_names`` / ``label_to_cat_id`` read it.
     """
@@ -144,7 +146,10 @@ class SwinMaskRCNN(nn.Module):
             batch = self.preprocess(images_255)
             feats = self.neck(self.backbone(batch.tensor))
             gt_boxes = None if targets is None else [t["boxes"].float().to(batch.tensor.device) for t in targets]
-            proposals, rpn_losses, rpn_stats = self.rpn_head(feats, batch.image_sizes, batch.pad_shapes, gt_boxes)
+            ignore = None if targets is None else [t.get("ignore_boxes") for t in targets]
+            proposals, rpn_losses, rpn_stats = self.rpn_head(
+                feats, batch.image_sizes, batch.pad_shapes, gt_boxes, ignore
+            )
             thrs = None if self.training else self.score_thresholds()
             detections, roi_losses, roi_stats = self.roi_head(feats, proposals, batch.image_sizes, targets, thrs)
             if not self.training and paste:
@@ -223,6 +228,9 @@ def check_target(index: int, image: Tensor, target: dict[str, Tensor], num_class
         raise ValueError(
             f"target {index}: masks must be ({n}, {image.shape[1]}, {image.shape[2]}), got {tuple(masks.shape)}"
         )
+    ignore = target.get("ignore_boxes")
+    if ignore is not None and (ignore.ndim != 2 or ignore.shape[1] != 4):
+        raise ValueError(f"target {index}: ignore_boxes must be (K, 4) xyxy, got {tuple(ignore.shape)}")
     if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(
             f"target {index}: labels must be in 0..{num_classes - 1} (background is not a label), "

@@ -66,7 +66,7 @@ class RPNHead(nn.Module):
             nn.init.normal_(m.weight, std=0.01)
             nn.init.zeros_(m.bias)
         self.coder = DeltaXYWHBBoxCoder()
-        self.assigner = MaxIoUAssigner(cfg.pos_iou_thr, cfg.neg_iou_thr, cfg.min_pos_iou)
+        self.assigner = MaxIoUAssigner(cfg.pos_iou_thr, cfg.neg_iou_thr, cfg.min_pos_iou, ignore_iof_thr=cfg.ignore_iof_thr)
         self.sampler = RandomSampler(cfg.num_samples, cfg.pos_fraction, choice)
 
     def forward(
@@ -75,12 +75,14 @@ class RPNHead(nn.Module):
         image_sizes: list[tuple[int, int]],
         pad_shapes: list[tuple[int, int]],
         gt_boxes: Optional[list[Tensor]] = None,
+        ignore_boxes: Optional[list[Optional[Tensor]]] = None,
     ) -> tuple[list[Tensor], dict[str, Tensor], dict[str, Tensor]]:
         """The whole RPN stage: maps, anchors, proposals and (in training) the losses.
 
         ``feats``: the FPN maps P2..P6, (B, C, H_l, W_l) each; ``image_sizes``: each image's (h, w)
         in the batch; ``pad_shapes``: each image's own size rounded up to the size divisor (decides
-        which anchors may be sampled); ``gt_boxes``: per image (G_i, 4) xyxy, needed in training.
+        which anchors may be sampled); ``gt_boxes``: per image (G_i, 4) xyxy, needed in training;
+        ``ignore_boxes``: optional per image (K_i, 4) xyxy "don't care" regions (``cfg.ignore_iof_thr``).
         Returns per-image proposals (K_i, 5) = [x1, y1, x2, y2, score] (detached), the weighted
         losses ``loss_rpn_cls`` / ``loss_rpn_bbox`` and the statistics ``rpn_num_pos`` /
         ``rpn_num_neg``; the two dicts are empty in eval mode. The train/test proposal settings
@@ -93,7 +95,7 @@ class RPNHead(nn.Module):
         if self.training:
             if gt_boxes is None or len(gt_boxes) != cls[0].shape[0]:
                 raise ValueError("the RPN in training mode needs one gt_boxes tensor per image")
-            losses, stats = self.loss(cls, reg, anchors, gt_boxes, pad_shapes)
+            losses, stats = self.loss(cls, reg, anchors, gt_boxes, pad_shapes, ignore_boxes)
         return self.proposals(cls, reg, anchors, image_sizes, training=self.training), losses, stats
 
     def maps(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -109,16 +111,19 @@ class RPNHead(nn.Module):
         return self.anchor_generator.grid_anchors([f.shape[-2:] for f in feats], feats[0].device)
 
     # ------------------------------------------------------------------ training
-    def anchor_targets(self, anchors: Tensor, valid: Tensor, gt_boxes: Tensor) -> AnchorTargets:
+    def anchor_targets(
+        self, anchors: Tensor, valid: Tensor, gt_boxes: Tensor, ignore_boxes: Optional[Tensor] = None
+    ) -> AnchorTargets:
         """One image's targets over all ``anchors`` (N, 4); only ``valid`` (N,) bool ones may be sampled.
 
-        The valid anchors are assigned (MaxIoUAssigner 0.7 / 0.3 / 0.3) and 256 sampled at 0.5.
+        The valid anchors are assigned (MaxIoUAssigner 0.7 / 0.3 / 0.3, anchors inside
+        ``ignore_boxes`` (K, 4) left out when ``ignore_iof_thr`` > 0) and 256 sampled at 0.5.
         Sampled positives get label 1, weight ``rpn_cls_pos_weight`` and the encoded deltas of their
         GT box; sampled negatives label 0 and weight 1; every other anchor weight 0.
         """
         valid_idx = torch.nonzero(valid).flatten()
         gt_labels = torch.zeros(gt_boxes.shape[0], dtype=torch.long, device=gt_boxes.device)  # one class
-        assign = self.assigner.assign(anchors[valid_idx], gt_boxes, gt_labels)
+        assign = self.assigner.assign(anchors[valid_idx], gt_boxes, gt_labels, ignore_boxes)
         samp = self.sampler.sample(assign.gt_inds, assign.labels)
         n = anchors.shape[0]
         pos = valid_idx[samp.pos_inds]
@@ -142,6 +147,7 @@ class RPNHead(nn.Module):
         anchors: list[Tensor],
         gt_boxes: list[Tensor],
         pad_shapes: list[tuple[int, int]],
+        ignore_boxes: Optional[list[Optional[Tensor]]] = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Weighted ``loss_rpn_cls`` / ``loss_rpn_bbox`` and the sampling statistics.
 
@@ -160,11 +166,12 @@ class RPNHead(nn.Module):
         reg_flat = torch.cat([f[1] for f in flat], dim=1)  # (B, N, 4)
         all_anchors = torch.cat(anchors, dim=0)
         sizes = [c.shape[-2:] for c in cls]
+        ignores = [None] * len(gt_boxes) if ignore_boxes is None else list(ignore_boxes)
         per_image = [
             self.anchor_targets(
-                all_anchors, torch.cat(self.anchor_generator.valid_flags(sizes, pad, all_anchors.device)), gt
+                all_anchors, torch.cat(self.anchor_generator.valid_flags(sizes, pad, all_anchors.device)), gt, ign
             )
-            for gt, pad in zip(gt_boxes, pad_shapes)
+            for gt, pad, ign in zip(gt_boxes, pad_shapes, ignores)
         ]
         labels = torch.stack([t.labels for t in per_image])
         label_weights = torch.stack([t.label_weights for t in per_image])

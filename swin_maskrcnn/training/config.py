@@ -101,6 +101,13 @@ class DataConfig(StrictModel):
     filter_empty_gt: bool = Field(True, description="drop training images without annotations (mmdet)")
     min_size: int = Field(32, ge=0, description="drop training images whose shorter side is below this (mmdet)")
     seed: int = Field(0, ge=0, description="data order and augmentation seed")
+    crowd: Literal["drop", "ignore"] = Field(
+        "drop",
+        description="crowd annotations (iscrowd=1, or \"ignore\": 1) in training: 'drop' leaves them out (their "
+        "area counts as background); 'ignore' makes their boxes the targets' ignore_boxes, carried through every "
+        "transform, so anchors/proposals inside them are not trained on when model.rpn.ignore_iof_thr / "
+        "model.roi.ignore_iof_thr > 0 (mmdet: 0.5 is usual). Evaluation is unchanged (COCOeval ignores crowds)",
+    )
     bad_images: Literal["error", "skip"] = Field(
         "error",
         description="an image that is missing, empty, not an image, truncated or not of the JSON's size (found by the "

@@ -166,8 +166,12 @@ def build_datasets(cfg: TrainConfig) -> tuple[CocoInstanceDataset, Optional[Coco
         crop_size=tuple(d.crop_size),
     )
     train_ds = CocoInstanceDataset(d.train_ann, d.train_images, transforms=train_tf,
-                                   filter_empty_gt=d.filter_empty_gt, min_size=d.min_size, bad_images=d.bad_images)
+                                   filter_empty_gt=d.filter_empty_gt, min_size=d.min_size, bad_images=d.bad_images,
+                                   crowd=d.crowd)
     check_num_classes(cfg, train_ds, "training")
+    if d.crowd == "ignore" and cfg.model.rpn.ignore_iof_thr <= 0 and cfg.model.roi.ignore_iof_thr <= 0:
+        log.warning("data.crowd=ignore but model.rpn.ignore_iof_thr and model.roi.ignore_iof_thr are off (<= 0): "
+                    "the %d ignore regions change nothing (mmdet uses 0.5)", train_ds.num_ignore_boxes())
     require_instances(train_ds, "data.train_ann")
     val_ds = None
     if d.val_ann is not None:

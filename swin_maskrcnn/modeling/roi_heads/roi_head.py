@@ -54,7 +54,7 @@ class RoIHead(nn.Module):
     Call: ``roi_head(feats, proposals, image_sizes, targets=None)`` with ``feats`` the FPN maps
     (B, C, H_l, W_l) of which P2..P5 are pooled, ``proposals`` per image (K_i, 5) or (K_i, 4) boxes in
     network-input pixels, ``image_sizes`` each image's (h, w) and, in training, one target dict per
-    image (``boxes`` (G, 4), ``labels`` (G,), ``masks`` (G, H, W)). Returns (detections, losses,
+    image (``boxes`` (G, 4), ``labels`` (G,), ``masks`` (G, H, W), optionally ``ignore_boxes`` (K, 4)). Returns (detections, losses,
     stats): in training, no detections and the weighted ``loss_cls``, ``loss_bbox``, ``loss_mask``
     with the statistics ``acc``, ``acc_fg``, ``roi_num_pos``, ``roi_num_neg``; in eval mode, empty
     dicts and per image ``boxes`` (D, 4) in input pixels, ``scores`` (D,), ``labels`` (D,) in 0..C-1
@@ -71,18 +71,23 @@ class RoIHead(nn.Module):
         self.mask_roi_extractor = RoIExtractor(cfg.roi.mask_size // 2, ROI_STRIDES, cfg.roi.finest_scale)
         self.bbox_head = BBoxHead(ch, 7, cfg.roi_fc_dims, cfg.num_classes, cfg.losses)
         self.mask_head = MaskHead(ch, cfg.mask_head_channels, cfg.num_classes, cfg.losses)
-        self.assigner = MaxIoUAssigner(cfg.roi.pos_iou_thr, cfg.roi.neg_iou_thr, cfg.roi.min_pos_iou)
+        self.assigner = MaxIoUAssigner(
+            cfg.roi.pos_iou_thr, cfg.roi.neg_iou_thr, cfg.roi.min_pos_iou, ignore_iof_thr=cfg.roi.ignore_iof_thr
+        )
         self.sampler = RandomSampler(cfg.roi.num_samples, cfg.roi.pos_fraction, choice)
         self.loss_cfg = cfg.losses
 
-    def candidates(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def candidates(
+        self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor, ignore_boxes: Optional[Tensor] = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Assigned candidates: boxes, ``gt_inds`` (-1/0/k) and labels, GT prepended when configured.
 
-        As mmdet: the proposals are assigned first, then the GT boxes are prepended, each assigned to
-        itself (so every GT is a positive candidate).
+        As mmdet: the proposals are assigned first (those inside ``ignore_boxes`` set to -1 when
+        ``roi.ignore_iof_thr`` > 0), then the GT boxes are prepended, each assigned to itself (so
+        every GT is a positive candidate, whatever the ignore regions).
         """
         boxes = proposals[:, :4]
-        assign = self.assigner.assign(boxes, gt_boxes, gt_labels)
+        assign = self.assigner.assign(boxes, gt_boxes, gt_labels, ignore_boxes)
         gt_inds, labels = assign.gt_inds, assign.labels
         if self.cfg.add_gt_as_proposals and gt_boxes.shape[0] > 0:
             g = gt_boxes.shape[0]
@@ -98,9 +103,10 @@ class RoIHead(nn.Module):
         gt_labels: Tensor,
         feats: Optional[list[Tensor]] = None,
         image_index: int = 0,
+        ignore_boxes: Optional[Tensor] = None,
     ) -> tuple[Tensor, SamplingResult]:
         """Candidates and the sampling result over them (random, or OHEM when configured)."""
-        boxes, gt_inds, labels = self.candidates(proposals, gt_boxes, gt_labels)
+        boxes, gt_inds, labels = self.candidates(proposals, gt_boxes, gt_labels, ignore_boxes)
         if self.loss_cfg.roi_sampler == "ohem":
             if feats is None:
                 raise ValueError("OHEM sampling needs the feature maps")
@@ -143,7 +149,8 @@ class RoIHead(nn.Module):
         """One image's sampled RoIs and their targets (see :meth:`candidates` and :meth:`sample`)."""
         gt_boxes = target["boxes"].float().to(proposals.device)
         gt_labels = target["labels"].long().to(proposals.device)
-        boxes, samp = self.sample(proposals, gt_boxes, gt_labels, feats, image_index)
+        ignore_boxes = target.get("ignore_boxes")
+        boxes, samp = self.sample(proposals, gt_boxes, gt_labels, feats, image_index, ignore_boxes)
         pos_boxes = boxes[samp.pos_inds]
         p, n = samp.num_pos, samp.num_neg
         labels = torch.full((p + n,), self.num_classes, dtype=torch.long, device=boxes.device)
