@@ -5,8 +5,9 @@ code) with exactly the command of ``tests/fixtures/mmdet_tiny_seed11`` plus
 ``model.train_cfg.{rpn,rcnn}.assigner.ignore_iof_thr=0.5``, and gives mmdet's ``LoadAnnotations``
 per image extra instances with ``ignore_flag=1`` (``PackDetInputs`` turns them into
 ``ignored_instances``, which the RPN and RoI assigners receive). The weights and images are those
-of the seed 11 fixture (checked here), so the committed file holds only what differs: the ignore
-boxes, mmdet's training record (GT as the loss saw it, training proposals, sampled indices per
+of the seed 11 fixture (images checked here; the weights are seed 11's draw, with a classifier
+bias calibrated on this machine, so the checkpoint is committed again), and ``train_ignore.pt``
+holds the images, the ignore boxes, mmdet's training record (GT as the loss saw it, training proposals, sampled indices per
 stage and image, losses) and mmdet's ``MaxIoUAssigner`` on random boxes (direct cases).
 
 Run with the mmdet venv's interpreter, from the repository root::
@@ -96,10 +97,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mf.main(["--out", tmp] + SEED11_ARGS + IGNORE_ARGS)
         out = torch.load(Path(tmp) / "outputs.pt", weights_only=True)
-        sd = torch.load(Path(tmp) / "checkpoint.pth", weights_only=True)["state_dict"]
-    ref_sd = torch.load(Path(args.seed11) / "checkpoint.pth", weights_only=True)["state_dict"]
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        # the classifier-bias calibration of make_fixture.py can land elsewhere on another CPU / opencv
+        # build, so the weights are not always seed 11's: this fixture carries its own checkpoint
+        import shutil
+        shutil.copy(Path(tmp) / "checkpoint.pth", Path(args.out) / "checkpoint.pth")
     ref_out = torch.load(Path(args.seed11) / "outputs.pt", weights_only=True)
-    assert sd.keys() == ref_sd.keys() and all(torch.equal(sd[k], ref_sd[k]) for k in sd), "weights differ from seed 11"
     for im, rgb in zip(ref_out["images"], recorded["rgb"]):
         assert torch.equal(im["rgb_uint8"], rgb), "images differ from seed 11"
     assert out["meta"]["train_cfg"]["rpn"]["assigner"]["ignore_iof_thr"] == THR
@@ -131,6 +134,7 @@ def main() -> None:
         + " ".join(SEED11_ARGS + IGNORE_ARGS) + ")",
         versions=out["meta"]["versions"],
         ignore_boxes=recorded["ignored_instances"],
+        images=recorded["rgb"],
         train=dict(gt_instances=tr["gt_instances"], rpn_proposals=tr["rpn_proposals"], sampling=tr["sampling"],
                    losses=tr["losses"]),
         assigner_cases=cases,
