@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from functools import partial
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
@@ -78,11 +79,9 @@ def main() -> int:
         elif s == "onnxruntime":
             from swin_maskrcnn.apps.onnx_runtime import OnnxPredictor
 
-            p = OnnxPredictor(onnx_path, threads=args.threads)
-            run = (lambda p=p: p(image))
+            run = partial(OnnxPredictor(onnx_path, threads=args.threads), image)
         else:
-            p = OpenVinoPredictor(xml, threads=args.threads, precision=s.split("_")[1])
-            run = (lambda p=p: p(image))
+            run = partial(OpenVinoPredictor(xml, threads=args.threads, precision=s.split("_")[1]), image)
         subjects[s] = run
     outs = {s: fn() for s, fn in subjects.items()}  # warm-up
     times: dict[str, list[float]] = {s: [] for s in subjects}
