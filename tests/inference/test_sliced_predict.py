@@ -83,11 +83,18 @@ def test_tiles_are_batched_and_mapped_to_image_coordinates(ckpt):
     for y in ys:
         for x in xs:
             (out,) = model.predict([image[y : y + 64, x : x + 80]], resize=False)
-            expected += [(round(s, 5), *[round(v, 3) for v in (b + torch.tensor([x, y, x, y])).tolist()])
-                         for s, b in zip(out["scores"].tolist(), out["boxes"])]
-    got = [(round(s, 5), *[round(v, 3) for v in b]) for s, b in zip(inst.scores.tolist(), inst.boxes.tolist())]
-    # merge-iou 1.0 on masks leaves identical detections of overlapping tiles only: compare as multisets minus those
-    assert set(got) <= set(expected) and len(got) >= 0.9 * len(expected)
+            shift = torch.tensor([x, y, x, y], dtype=out["boxes"].dtype)
+            expected += [torch.cat([s.reshape(1), b + shift]) for s, b in zip(out["scores"], out["boxes"])]
+    expected_t = torch.stack(expected)
+    got = torch.cat([inst.scores.reshape(-1, 1), inst.boxes], dim=1)
+    # a batch of 3 tiles and a tile alone differ in the last float bits (and by thread count), so each
+    # detection is matched to one of the single-tile detections within a tolerance, not by rounding
+    close = ((got[:, None, :1] - expected_t[None, :, :1]).abs() <= 1e-4).all(-1) & (
+        (got[:, None, 1:] - expected_t[None, :, 1:]).abs() <= 1e-2
+    ).all(-1)
+    assert bool(close.any(1).all()), "a merged detection that no tile gave"
+    # merge-iou 1.0 on masks removes only identical detections of overlapping tiles
+    assert len(expected_t) > 5 and len(got) >= 0.9 * len(expected_t)
 
 
 def test_flip_tta_equals_the_fuse_of_the_plain_and_the_mirrored_run(ckpt):
