@@ -81,10 +81,12 @@ def detect_container(path: PathLike) -> Container:
         head = f.read(16)
     if head.startswith(_ZIP_MAGIC):
         return "zip"
-    if head[:1] == b"\x80":  # pickle protocol >= 2 opcode: torch's legacy serialisation
-        return "pickle"
+    # safetensors before pickle: a header length whose low byte is 0x80 starts with the pickle opcode
+    # (a torch pickle's first 8 bytes never read as a plausible header length followed by "{")
     if _safetensors_sizes(head, size) is not None:
         return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle PROTO 2-5
+        return "pickle"
     raise CheckpointError(
         f"{path}: not a checkpoint this package reads (first bytes {head[:8]!r}): expected a torch.save "
         "zip (.pt/.ckpt/.pth), a legacy torch pickle, or a .safetensors file"

@@ -24,6 +24,7 @@ from swin_maskrcnn.checkpoint.safe_load import (
     TruncatedCheckpointError,
     UnsafeCheckpointError,
     detect_container,
+    read_file,
 )
 from swin_maskrcnn.modeling.config import ModelConfig, tiny_model_config
 
@@ -315,3 +316,28 @@ def test_export_onnx_without_the_exporter_is_a_clear_error(tmp_path, monkeypatch
     assert cli_main(["export", "--format", "safetensors", "--checkpoint", str(path), "--out",
                      str(tmp_path / "m.safetensors"), "--opset", "17"]) == 2
     assert "--opset applies to --format onnx only" in capsys.readouterr().err
+
+
+def test_safetensors_header_length_with_low_byte_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """A safetensors header of 0x..80 bytes starts the file with the pickle PROTO opcode byte; the
+    sniffer must still see safetensors (and report a cut copy of it as truncated)."""
+    import json
+    import struct
+
+    from safetensors.torch import save_file
+
+    for pad in range(300):  # grow the metadata until the header length's low byte is 0x80
+        path = tmp_path / f"t{pad}.safetensors"
+        save_file({"w": torch.zeros(3)}, str(path), metadata={"pad": "x" * pad})
+        (n,) = struct.unpack("<Q", path.read_bytes()[:8])
+        if n & 0xFF == 0x80:
+            break
+    else:
+        raise AssertionError("no padding gave a header length ending in 0x80")
+    data = path.read_bytes()
+    assert data[:1] == b"\x80" and json.loads(data[8 : 8 + n])["__metadata__"]["pad"] == "x" * pad
+    assert detect_container(path) == "safetensors"
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: 8 + n + 4])
+    with pytest.raises(TruncatedCheckpointError, match="truncated"):
+        read_file(cut)
