@@ -378,6 +378,10 @@ class SwinTransformer(nn.Module):
     get ``requires_grad=False`` and stay in eval mode across ``train()`` calls.
     """
 
+    # the parts a subclass swaps (Swin V2: its stages and patch merging); the rest is shared
+    stage_cls: type[nn.Module] = SwinStage
+    merging_cls: type[nn.Module] = PatchMerging
+
     def __init__(
         self,
         embed_dims: int = 96,
@@ -390,6 +394,7 @@ class SwinTransformer(nn.Module):
         with_cp: bool = False,
         patch_size: int = 4,
         in_channels: int = 3,
+        **stage_options: object,
     ) -> None:
         super().__init__()
         assert len(depths) == len(num_heads)
@@ -404,10 +409,10 @@ class SwinTransformer(nn.Module):
         rates = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
         self.stages = nn.ModuleList()
         for i, channels in enumerate(self.out_channels):
-            downsample = PatchMerging(channels, 2 * channels) if i < num_stages - 1 else None
+            downsample = self.merging_cls(channels, 2 * channels) if i < num_stages - 1 else None
             first = sum(depths[:i])
             self.stages.append(
-                SwinStage(
+                self.stage_cls(
                     embed_dims=channels,
                     num_heads=num_heads[i],
                     hidden_dims=int(mlp_ratio * channels),
@@ -416,6 +421,7 @@ class SwinTransformer(nn.Module):
                     drop_path_rates=rates[first : first + depths[i]],
                     downsample=downsample,
                     with_cp=with_cp,
+                    **stage_options,
                 )
             )
         for i, channels in enumerate(self.out_channels):

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
-from .swin import FFN, DropPath, PatchEmbed, relative_position_index, window_plan
+from .swin import FFN, DropPath, SwinTransformer, relative_position_index, window_plan
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..config import ModelConfig
@@ -276,12 +276,16 @@ class SwinStageV2(nn.Module):
         return x, hw_shape, x_down, down_hw
 
 
-class SwinTransformerV2(nn.Module):
+class SwinTransformerV2(SwinTransformer):
     """Swin V2 backbone returning 4 NCHW maps (strides 4, 8, 16, 32), each through its own LayerNorm.
 
-    ``frozen_stages`` as in V1 (mmdet's rule): >= 0 freezes the patch embedding, and each ``i`` in
+    V1's backbone with V2's stages and patch merging (the stem, stochastic depth, output norms,
+    ``frozen_stages`` rule and forward are V1's): >= 0 freezes the patch embedding, and each ``i`` in
     ``1..frozen_stages`` freezes ``stages[i-1]`` (with its downsample) and ``norm{i-1}``.
     """
+
+    stage_cls = SwinStageV2
+    merging_cls = PatchMergingV2
 
     def __init__(
         self,
@@ -297,39 +301,19 @@ class SwinTransformerV2(nn.Module):
         patch_size: int = 4,
         in_channels: int = 3,
     ) -> None:
-        super().__init__()
-        assert len(depths) == len(num_heads)
-        assert -1 <= frozen_stages <= len(depths)
-        self.frozen_stages = frozen_stages
-        num_stages = len(depths)
-        self.out_channels: list[int] = [embed_dims * 2**i for i in range(num_stages)]
-
-        self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size)
-
-        # Stochastic depth rises linearly from 0 to drop_path_rate over all blocks (torchvision's rule too).
-        rates = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
-        self.stages = nn.ModuleList()
-        for i, channels in enumerate(self.out_channels):
-            downsample = PatchMergingV2(channels, 2 * channels) if i < num_stages - 1 else None
-            first = sum(depths[:i])
-            self.stages.append(
-                SwinStageV2(
-                    embed_dims=channels,
-                    num_heads=num_heads[i],
-                    hidden_dims=int(mlp_ratio * channels),
-                    depth=depths[i],
-                    window_size=window_size,
-                    drop_path_rates=rates[first : first + depths[i]],
-                    downsample=downsample,
-                    pretrained_window_size=pretrained_window_size,
-                    with_cp=with_cp,
-                )
-            )
-        for i, channels in enumerate(self.out_channels):
-            self.add_module(f"norm{i}", nn.LayerNorm(channels))
-
-        self.init_weights()
-        self._freeze_stages()
+        super().__init__(
+            embed_dims=embed_dims,
+            depths=depths,
+            num_heads=num_heads,
+            window_size=window_size,
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=drop_path_rate,
+            frozen_stages=frozen_stages,
+            with_cp=with_cp,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            pretrained_window_size=pretrained_window_size,
+        )
 
     @classmethod
     def from_config(cls, cfg: "ModelConfig") -> "SwinTransformerV2":
@@ -360,34 +344,3 @@ class SwinTransformerV2(nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, WindowMSAV2):
                 nn.init.constant_(m.logit_scale, math.log(10.0))
-
-    def _frozen_modules(self) -> list[nn.Module]:
-        """Modules frozen by ``frozen_stages`` (the V1 selection)."""
-        modules: list[nn.Module] = []
-        if self.frozen_stages >= 0:
-            modules.append(self.patch_embed)
-        for i in range(1, self.frozen_stages + 1):
-            modules += [self.stages[i - 1], getattr(self, f"norm{i - 1}")]
-        return modules
-
-    def _freeze_stages(self) -> None:
-        for module in self._frozen_modules():
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> "SwinTransformerV2":
-        """Switch mode but keep frozen parts in eval (their DropPath stays inactive)."""
-        super().train(mode)
-        self._freeze_stages()
-        return self
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """``[B, 3, H, W]`` -> 4 maps ``[B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2))]``."""
-        x, hw = self.patch_embed(x)
-        outs: list[Tensor] = []
-        for i, stage in enumerate(self.stages):
-            out, out_hw, x, hw = stage(x, hw)
-            out = getattr(self, f"norm{i}")(out)
-            outs.append(out.view(-1, *out_hw, self.out_channels[i]).permute(0, 3, 1, 2).contiguous())
-        return outs
