@@ -17,6 +17,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -335,14 +336,17 @@ def test_stop_signal_config_is_checked(data, tmp_path):
 
 
 def test_stop_signals_record_the_first_signal_and_leave_ignored_ones_ignored():
-    """In this process, with real signals: the first one is recorded and reaches on_signal, a
-    second SIGTERM is ignored, handlers are restored; a signal ignored beforehand stays ignored."""
-    from swin_maskrcnn.signals import StopSignals, exit_code
+    """In a fresh process, with real signals to itself: the first one is recorded and reaches
+    on_signal, a second SIGTERM is ignored, handlers are restored; a signal ignored beforehand stays
+    ignored. (A child process, so a wrong handler can only end the child, never the test runner.)"""
+    code = textwrap.dedent(
+        """
+        import os, signal, time
+        from swin_maskrcnn.signals import StopSignals, exit_code
 
-    seen = []
-    before_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    before_term = signal.getsignal(signal.SIGTERM)
-    try:
+        seen = []
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        before_term = signal.getsignal(signal.SIGTERM)
         stop = StopSignals(["SIGTERM", "SIGINT"], on_signal=seen.append).install()
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and stop.signals == [signal.SIGTERM]
         os.kill(os.getpid(), signal.SIGTERM)
@@ -350,8 +354,11 @@ def test_stop_signals_record_the_first_signal_and_leave_ignored_ones_ignored():
         deadline = time.time() + 10
         while not seen and time.time() < deadline:
             time.sleep(0.01)
-        assert seen == [signal.SIGTERM] and stop.name == "SIGTERM" and exit_code(stop.signum) == 143
+        assert seen == [signal.SIGTERM] and stop.name == "SIGTERM" and exit_code(stop.signum) == 143, seen
         stop.restore()
         assert signal.getsignal(signal.SIGTERM) is before_term
-    finally:
-        signal.signal(signal.SIGINT, before_int)
+        print("ok")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stdout, proc.stderr)
