@@ -17,6 +17,12 @@ uninterrupted one (with Lightning's ``fit(ckpt_path=...)`` restoring model, opti
 step and callbacks). Because the sampler shards across ranks itself, the Trainer runs with
 ``use_distributed_sampler=False`` (Lightning's DistributedSampler injection would not know our
 batch sampler).
+
+Repeat-factor sampling (``data.repeat_factor_threshold``, :mod:`swin_maskrcnn.data.repeat_factor`):
+data epoch ``e`` first repeats each image as drawn for that epoch, then the repeated list goes through
+the same permutation (of its length, seeded by ``data.seed + e``), grouping and sharding; the ``k``-th
+copy of an image (``k >= 1``) gets its own augmentation seed. Epochs then differ in length, and the
+resume position is found by walking the epochs' lengths, which depend only on the seed.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from .repeat_factor import epoch_repeats
 
 __all__ = [
     "collate",
@@ -167,9 +175,11 @@ def build_dataloader(
 # ------------------------------------------------------------------------------------------------
 # the training run's data order
 # ------------------------------------------------------------------------------------------------
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """Augmentation seed of dataset ``index`` in data epoch ``epoch``."""
-    digest = hashlib.blake2b(f"sample:{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+def sample_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
+    """Augmentation seed of dataset ``index`` in data epoch ``epoch`` (``copy``: which repetition,
+    under repeat-factor sampling; copy 0 is the seed without repeats)."""
+    key = f"sample:{seed}:{epoch}:{index}" + (f":{copy}" if copy else "")
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
@@ -195,6 +205,8 @@ class RunBatchSampler(Sampler[list[tuple[int, int]]]):
 
     ``len()`` is ``num_batches`` (the whole run); iteration starts at ``start_batch`` (resume).
     Items are ``(dataset index, augmentation seed)`` pairs for :class:`SeededSamples`.
+    ``repeat_factors`` (one per image, >= 1; None: off) turns on repeat-factor sampling;
+    ``batches_per_epoch`` is then data epoch 0's count (later epochs differ).
     """
 
     def __init__(
@@ -208,6 +220,7 @@ class RunBatchSampler(Sampler[list[tuple[int, int]]]):
         rank: int = 0,
         world_size: int = 1,
         start_batch: int = 0,
+        repeat_factors: Optional[Sequence[float]] = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
@@ -220,6 +233,14 @@ class RunBatchSampler(Sampler[list[tuple[int, int]]]):
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.start_batch = int(start_batch)
+        self.repeat_factors: Optional[list[float]] = None
+        if repeat_factors is not None:
+            if len(repeat_factors) != len(self.aspect_ratios):
+                raise ValueError(f"{len(repeat_factors)} repeat factors for {len(self.aspect_ratios)} images")
+            if any(not float(r) >= 1.0 for r in repeat_factors):
+                raise ValueError("repeat factors must be >= 1")
+            self.repeat_factors = [float(r) for r in repeat_factors]
+        self._rank_counts: dict[int, int] = {}
         total = len(self.epoch_batches(0))
         self.batches_per_epoch = len(range(self.rank, total, self.world_size))
         if self.batches_per_epoch == 0:
@@ -228,28 +249,53 @@ class RunBatchSampler(Sampler[list[tuple[int, int]]]):
                 f"not enough for {world_size} ranks"
             )
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """Every rank's batches of data epoch ``epoch`` (identical on all ranks)."""
+    def epoch_items(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """Every rank's batches of data epoch ``epoch`` as ``(dataset index, copy)`` pairs."""
+        if self.repeat_factors is None:
+            items = [(i, 0) for i in range(len(self.aspect_ratios))]
+        else:
+            counts = epoch_repeats(self.repeat_factors, self.seed, epoch)
+            items = [(i, k) for i, c in enumerate(counts) for k in range(c)]
         if self.group:
-            s = AspectRatioGroupedBatchSampler(self.aspect_ratios, self.batch_size, shuffle=self.shuffle, seed=self.seed)
+            s = AspectRatioGroupedBatchSampler([self.aspect_ratios[i] for i, _ in items], self.batch_size,
+                                               shuffle=self.shuffle, seed=self.seed)
             s.set_epoch(epoch)
-            return list(iter(s))
-        order = epoch_order(len(self.aspect_ratios), self.seed, epoch, self.shuffle)
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            return [[items[j] for j in b] for b in s]
+        order = epoch_order(len(items), self.seed, epoch, self.shuffle)
+        return [[items[j] for j in order[i:i + self.batch_size]] for i in range(0, len(order), self.batch_size)]
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Every rank's batches of data epoch ``epoch`` as dataset indices (identical on all ranks)."""
+        return [[i for i, _ in b] for b in self.epoch_items(epoch)]
+
+    def rank_batches_in(self, epoch: int) -> int:
+        """How many batches this rank gets in data epoch ``epoch``."""
+        if epoch not in self._rank_counts:
+            n = len(range(self.rank, len(self.epoch_items(epoch)), self.world_size))
+            if n == 0:
+                raise ValueError(f"data epoch {epoch} has no batch for rank {self.rank} of {self.world_size}")
+            self._rank_counts[epoch] = n
+        return self._rank_counts[epoch]
 
     def position(self, batch: int) -> tuple[int, int]:
         """(data epoch, batch within this rank's share of the epoch) of run batch ``batch``."""
-        return divmod(batch, self.batches_per_epoch)
+        if self.repeat_factors is None:
+            return divmod(batch, self.batches_per_epoch)
+        epoch = 0
+        while batch >= self.rank_batches_in(epoch):
+            batch -= self.rank_batches_in(epoch)
+            epoch += 1
+        return epoch, batch
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         produced = self.start_batch
         epoch, offset = self.position(produced)
         while produced < self.num_batches:
-            mine = self.epoch_batches(epoch)[self.rank::self.world_size]
+            mine = self.epoch_items(epoch)[self.rank::self.world_size]
             for batch in mine[offset:]:
                 if produced >= self.num_batches:
                     return
-                yield [(i, sample_seed(self.seed, epoch, i)) for i in batch]
+                yield [(i, sample_seed(self.seed, epoch, i, k)) for i, k in batch]
                 produced += 1
             epoch, offset = epoch + 1, 0
 

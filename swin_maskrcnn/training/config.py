@@ -101,6 +101,14 @@ class DataConfig(StrictModel):
     filter_empty_gt: bool = Field(True, description="drop training images without annotations (mmdet)")
     min_size: int = Field(32, ge=0, description="drop training images whose shorter side is below this (mmdet)")
     seed: int = Field(0, ge=0, description="data order and augmentation seed")
+    repeat_factor_threshold: Optional[float] = Field(
+        None,
+        gt=0,
+        description="class-balanced repeat-factor sampling (LVIS, detectron2's RepeatFactorTrainingSampler): each "
+        "training image is visited r = max over its classes c of max(1, sqrt(t / f(c))) times per data epoch on "
+        "average (f(c): fraction of training images with a non-crowd instance of c; stochastic rounding per epoch "
+        "from data.seed). None: off (every image once per epoch). detectron2's LVIS value: 0.001",
+    )
     crowd: Literal["drop", "ignore"] = Field(
         "drop",
         description="crowd annotations (iscrowd=1, or \"ignore\": 1) in training: 'drop' leaves them out (their "

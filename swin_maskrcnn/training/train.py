@@ -48,6 +48,7 @@ from .checkpoint_io import AtomicCheckpointIO, checkpoint_step, resolve_resume
 from ..io_utils import OutputWriteError, atomic_write, check_writable, json_ready
 from ..data.coco import CocoInstanceDataset
 from ..data.validation import require_instances
+from ..data.repeat_factor import image_repeat_factors
 from ..data.loader import RunBatchSampler, SeededSamples, collate, sample_seed  # noqa: F401 - re-exported
 from ..data.transforms import build_test_transforms, build_train_transforms
 from .module import BestCheckpoint, DetectionModule, PeriodicEvaluation
@@ -114,6 +115,7 @@ class DetectionDataModule(L.LightningDataModule):
         cfg, trainer = self.cfg, self.trainer
         accum = cfg.optim.accumulate_grad_batches
         start = int(trainer.global_step) * accum
+        factors = self.repeat_factors()
         self.sampler = RunBatchSampler(
             self.train_dataset.aspect_ratios(),  # type: ignore[attr-defined]
             batch_size=cfg.data.batch_size,
@@ -123,13 +125,21 @@ class DetectionDataModule(L.LightningDataModule):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
             start_batch=start,
+            repeat_factors=factors,
         )
+        if factors is not None:
+            n = len(factors)
+            first = sum(len(b) for b in self.sampler.epoch_items(0))
+            log.info("repeat-factor sampling (threshold %g): %d images, effective epoch size %.1f images on average "
+                     "(x%.3f; max factor %.2f, %d images repeated); data epoch 0: %d images, %d batches on this rank",
+                     cfg.data.repeat_factor_threshold, n, sum(factors), sum(factors) / n, max(factors),
+                     sum(f > 1.0 for f in factors), first, self.sampler.batches_per_epoch)
         if trainer.lightning_module is not None:
             trainer.lightning_module.batches_per_data_epoch = self.sampler.batches_per_epoch
         if start:
             epoch, offset = self.sampler.position(start)
             log.info("resuming data order at run batch %d (data epoch %d, batch %d of %d)",
-                     start, epoch, offset, self.sampler.batches_per_epoch)
+                     start, epoch, offset, self.sampler.rank_batches_in(epoch))
         generator = torch.Generator()
         generator.manual_seed(cfg.data.seed)
         return DataLoader(
@@ -141,9 +151,19 @@ class DetectionDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available() and cfg.runtime.accelerator in ("auto", "gpu", "cuda"),
         )
 
+    def repeat_factors(self) -> Optional[list[float]]:
+        """Per-image repeat factors of ``data.repeat_factor_threshold`` (None when off)."""
+        t = self.cfg.data.repeat_factor_threshold
+        if t is None:
+            return None
+        ds = self.train_dataset
+        labels = [ds.instance_boxes(i)[1].tolist() for i in range(len(ds))]  # type: ignore[attr-defined,arg-type]
+        return image_repeat_factors(labels, t)
+
     def state_dict(self) -> dict[str, Any]:
         return {"data_seed": self.cfg.data.seed, "num_images": len(self.train_dataset),  # type: ignore[arg-type]
-                "batch_size": self.cfg.data.batch_size}
+                "batch_size": self.cfg.data.batch_size,
+                "repeat_factor_threshold": self.cfg.data.repeat_factor_threshold}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         now = self.state_dict()
