@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -136,3 +137,28 @@ def test_training_data_uses_non_crowd_classes(tmp_path):
     assert DataConfig(**base).repeat_factor_threshold is None
     with pytest.raises(ValueError):
         DataConfig(**base, repeat_factor_threshold=0)
+
+
+@pytest.mark.slow
+def test_training_resume_with_repeat_factors_reproduces_the_run(tmp_path):
+    """End to end (tiny model, CPU): 6 steps with repeats on vs 3 + resume from step 3 (the resume crosses a
+    data epoch boundary); the losses of steps 4-6 are the uninterrupted run's."""
+    from swin_maskrcnn.training.train import train
+    from tests.conftest import make_tiny_coco, read_metrics_csv, tiny_train_config
+
+    ann, imgs = make_tiny_coco(tmp_path / "data", n_images=6)
+
+    def cfg(name):
+        c = tiny_train_config(ann, imgs, tmp_path / "runs", name, max_steps=6, val_every_n_steps=100,
+                              checkpoint_every_n_steps=3)
+        c.data.repeat_factor_threshold = 1.0
+        return c
+
+    def losses(run_dir):
+        return {int(float(r["step"])): float(r["train/loss"]) for r in read_metrics_csv(Path(run_dir)) if r.get("train/loss")}
+
+    full = losses(train(cfg("full"))["run_dir"])
+    resumed = losses(train(cfg("resumed"), resume=str(tmp_path / "runs/full/checkpoints/step_0000003.ckpt"))["run_dir"])
+    assert sorted(resumed) == [4, 5, 6]
+    for k in resumed:
+        assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-7), k
