@@ -84,8 +84,12 @@ def predict_for_analysis(checkpoint: str, coco: Any, image_dir: Path, args: argp
     roi: dict[str, Any] = {"score_thr_per_class": {}}
     if args.max_per_img is not None:
         roi["max_per_img"] = args.max_per_img
+    from ..inference import options
+
     scale: Any = None if args.no_resize else (tuple(args.scale) if args.scale else "model")
-    predictor = Predictor(checkpoint, device=args.device, batch_size=args.batch_size, scale=scale, roi=roi)
+    slicing, tta = options.from_args(args)  # --slice / --tta: predicted as `predict --slice` does
+    predictor = Predictor(checkpoint, device=args.device, batch_size=args.batch_size, scale=scale, roi=roi,
+                          slicing=slicing, tta=tta)
     ids = sorted(coco.imgs)
     paths = [image_dir / coco.imgs[i]["file_name"] for i in ids]
     results: list[dict] = []
@@ -165,6 +169,9 @@ def register_subcommand(sub: Any) -> None:
     size.add_argument("--no-resize", action="store_true", help="feed images at their own size")
     g.add_argument("--max-per-img", type=int, default=None, help="detections per image (default: the checkpoint's)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ..inference import options
+
+    options.add_arguments(p)  # --slice ... / --tta, as predict and evaluate take them (with --checkpoint)
     p.set_defaults(func=_cmd_analyze)
 
 
@@ -173,6 +180,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
     if args.checkpoint and not args.images:
         raise ConfigError("--checkpoint needs --images (the folder of the images named in --ann)")
+    if not args.checkpoint and (args.slice is not None or args.tta or args.tta_scales is not None):
+        raise ConfigError("--slice / --tta need --checkpoint (they change how the images are predicted)")
     if args.write_thresholds and not args.checkpoint:
         raise ConfigError("--write-thresholds needs --checkpoint (the model the thresholds are written into)")
     for name in ("iou", "score_thr", "display_thr"):

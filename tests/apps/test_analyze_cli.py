@@ -92,3 +92,30 @@ def test_checkpoint_mode_writes_thresholds_that_travel(tmp_path, capsys):
     # --checkpoint without --images, --write-thresholds without --checkpoint: one line each
     assert "--checkpoint needs --images" in _one_error_line(
         capsys, ["analyze", "--ann", str(ann), "--checkpoint", str(ckpt), "--out", str(out)])
+
+
+def test_checkpoint_mode_slices_as_predict_does(tmp_path, capsys):
+    """analyze --checkpoint --slice predicts exactly what predict --slice writes for the same images."""
+    ann, imgs = make_tiny_coco(tmp_path / "data", n_images=2)
+    torch.manual_seed(0)
+    cfg = tiny_model_config(num_classes=2, fpn_channels=32, roi_fc_dims=64, mask_head_channels=16,
+                            roi=dict(max_per_img=30), test_scale=(128, 128))
+    ckpt = save_checkpoint(tmp_path / "model.pt", SwinMaskRCNN(cfg).eval(), cfg, ["rect", "ellipse"], {3: 0, 7: 1})
+    sl = ["--slice", "64", "64", "--overlap", "0.25", "--tta"]
+    out = tmp_path / "out"
+    assert main(["analyze", "--ann", str(ann), "--checkpoint", str(ckpt), "--images", str(imgs), "--out", str(out),
+                 "--no-progress", "--device", "cpu", "--no-report", *sl]) == 0
+    preds = tmp_path / "preds.json"
+    assert main(["predict", "--checkpoint", str(ckpt), "--out", str(preds), "--device", "cpu", "--precision", "fp32",
+                 "--no-progress", *sl, str(imgs)]) == 0
+    ours = json.loads((out / "results.json").read_text())
+    theirs = json.loads(preds.read_text())
+    names = {i["id"]: i["file_name"] for i in json.loads(Path(ann).read_text())["images"]}
+    ours_k = sorted((names[r["image_id"]], round(r["score"], 6), r["category_id"], r["segmentation"]["counts"])
+                    for r in ours)
+    theirs_k = sorted((Path(r["file_name"]).name, round(r["score"], 6), r["category_id"], r["segmentation"]["counts"])
+                      for r in theirs)
+    assert ours_k and ours_k == theirs_k
+    line = _one_error_line(capsys, ["analyze", "--ann", str(ann), "--results", str(preds), "--out", str(out),
+                                    "--slice", "64", "64"])
+    assert "--slice / --tta need --checkpoint" in line
