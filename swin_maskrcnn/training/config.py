@@ -342,8 +342,14 @@ class InitConfig(StrictModel):
         description=(
             "detector weights: an mmdet checkpoint (.pth), our own format (.pt) or a Lightning .ckpt of this "
             "project. When its class count differs from model.num_classes, the class-specific layers "
-            "(fc_cls, fc_reg, conv_logits) keep their fresh init; every other key must match."
+            "(fc_cls, fc_reg, conv_logits) keep their fresh init; every other key must match. When the "
+            "checkpoint carries class names, each dataset class found there by name keeps its rows "
+            "(fc_cls, background row, fc_reg, conv_logits); the others start fresh (transfer_report.txt)."
         ),
+    )
+    class_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="renamed classes for the by-name transfer from init.checkpoint: {dataset_name: checkpoint_name}",
     )
 
 
@@ -543,6 +549,12 @@ def save_config(cfg: TrainConfig, path: Union[str, Path]) -> Path:
 def check_num_classes(cfg: TrainConfig, dataset: Any, role: str = "training") -> None:
     """``model.num_classes`` (foreground classes) must equal the dataset's category count."""
     n_data = len(dataset.class_names)
+    if cfg.model.num_classes == n_data + 1:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} is the {role} annotations' {n_data} categories + 1: "
+            f"num_classes counts foreground classes only (the background row is added by the model): "
+            f"set model.num_classes={n_data}"
+        )
     if cfg.model.num_classes != n_data:
         names = ", ".join(dataset.class_names[:10]) + (", ..." if n_data > 10 else "")
         raise ConfigError(

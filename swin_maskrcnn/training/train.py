@@ -53,6 +53,8 @@ from ..data.loader import RunBatchSampler, SeededSamples, collate, sample_seed  
 from ..data.transforms import build_test_transforms, build_train_transforms
 from .module import BestCheckpoint, DetectionModule, PeriodicEvaluation
 from ..checkpoint.strict import load_state_dict_strict
+from ..errors import CheckpointError
+from .class_transfer import format_transfer_report, transfer_class_rows, write_transfer_report
 from ..checkpoint.imagenet import load_imagenet_backbone
 from ..modeling.detector import SwinMaskRCNN
 from ..modeling.acceleration import compile_dense
@@ -221,21 +223,43 @@ def _probe_batch(cfg: TrainConfig, train_ds: CocoInstanceDataset, val_ds: Option
     return images, sizes
 
 
-def init_weights_from(model: SwinMaskRCNN, path: str) -> list[str]:
-    """Load detector weights (mmdet / ours / Lightning). With a different class count, the
-    class-specific layers keep their init; every other key must match. Returns the skipped keys."""
+def init_weights_from(model: SwinMaskRCNN, path: str, class_names: Optional[Sequence[str]] = None,
+                      class_map: Optional[dict[str, str]] = None, run_dir: Optional[Path] = None) -> list[str]:
+    """Load detector weights (mmdet / ours / Lightning); returns the keys not loaded (fresh init).
+
+    With ``class_names`` (the dataset's) and class names in the checkpoint's meta, the class-specific
+    layers keep each class found there by name (or ``class_map``: {dataset_name: checkpoint_name}) and
+    the background row (training/class_transfer.py); otherwise, with a different class count, they
+    keep their init. Every other key must match (a CheckpointError naming init.checkpoint). The
+    transfer report is logged and, with ``run_dir``, written there (transfer_report.json / .txt)."""
     sd, meta = read_checkpoint(path)
     own = model.state_dict()
-    skipped = []
-    for k in list(sd):
-        if k.startswith(CLASS_SPECIFIC_PREFIXES) and k in own and tuple(sd[k].shape) != tuple(own[k].shape):
-            skipped.append(k)
-            sd[k] = own[k]
-    load_state_dict_strict(model, sd, source=str(path))
-    if skipped:
-        log.warning("init %s (%s): class count differs, kept fresh init for %s", path, meta["source"], skipped)
+    bad = sorted(k for k in set(sd) & set(own) if not k.startswith(CLASS_SPECIFIC_PREFIXES)
+                 and tuple(sd[k].shape) != tuple(own[k].shape))
+    if bad:
+        raise CheckpointError(
+            f"init.checkpoint={path}: does not fit the configured model outside the class-specific layers: "
+            + ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:8])
+            + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else ""))
+    ckpt_names = meta.get("class_names")
+    report: dict[str, Any] = {"checkpoint": str(path), "source": meta["source"], "classes": None}
+    skipped, partial = [], []
+    if class_names is not None and ckpt_names:
+        report.update(transfer_class_rows(sd, own, list(class_names), list(ckpt_names), class_map))
+        partial = sorted(report["class_tensors"])
     else:
-        log.info("init: loaded all weights from %s (%s)", path, meta["source"])
+        if class_map:
+            raise ConfigError(f"init.class_map is set but init.checkpoint={path} carries no class names")
+        for k in list(sd):
+            if k.startswith(CLASS_SPECIFIC_PREFIXES) and k in own and tuple(sd[k].shape) != tuple(own[k].shape):
+                skipped.append(k)
+                sd[k] = own[k]
+    load_state_dict_strict(model, sd, source=f"init.checkpoint={path}")
+    report.update(tensors_loaded=len(sd) - len(skipped), tensors_reinitialised=len(skipped),
+                  tensors_reinitialised_keys=sorted(skipped), tensors_partial=partial)
+    log.info("%s", format_transfer_report(report).rstrip())
+    if run_dir is not None:
+        write_transfer_report(report, run_dir)
     return skipped
 
 
@@ -331,13 +355,14 @@ def check_output_dir(cfg: TrainConfig, run_dir: Path, model: torch.nn.Module) ->
                     count * need / 2**20, need / 2**20)
 
 
-def build_model(cfg: TrainConfig, resume: Optional[Path]) -> SwinMaskRCNN:
+def build_model(cfg: TrainConfig, resume: Optional[Path], class_names: Optional[Sequence[str]] = None,
+                run_dir: Optional[Path] = None) -> SwinMaskRCNN:
     """The detector, with the configured initial weights unless resuming (the checkpoint has them)."""
     model = SwinMaskRCNN(cfg.model)
     if cfg.init.backbone_checkpoint and resume is None:
         load_imagenet_backbone(model.backbone, cfg.init.backbone_checkpoint)
     if cfg.init.checkpoint and resume is None:
-        init_weights_from(model, cfg.init.checkpoint)
+        init_weights_from(model, cfg.init.checkpoint, class_names, cfg.init.class_map or None, run_dir)
     compile_dense(model, cfg.runtime.compile)
     return model
 
@@ -523,7 +548,7 @@ def _run(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
     train_ds, val_ds = build_datasets(cfg)
     check_resume(None if resume is None else str(resume), cfg, train_ds)
     anchor_fit = apply_auto_anchors(cfg, train_ds, resume)  # before the model: its RPN takes the fitted anchors
-    model = build_model(cfg, resume)
+    model = build_model(cfg, resume, train_ds.class_names, run_dir)
     check_output_dir(cfg, run_dir, model)
     module = DetectionModule(cfg, train_ds.class_names, train_ds.cat_id_to_label, model=model)
     datamodule = DetectionDataModule(cfg, train_ds)
