@@ -56,9 +56,11 @@ def _text_colour(rgb: Sequence[int]) -> tuple[int, int, int]:
 
 
 def draw_labels(image: Tensor, boxes: Tensor, texts: Sequence[str], colours: Sequence[Sequence[int]],
-                font_size: int = FONT_SIZE) -> Tensor:
+                font_size: int = FONT_SIZE, max_shift: int = 2) -> Tensor:
     """``texts`` written at the boxes' top-left corners (above the box when there is room) on
-    patches of ``colours``; a label that would overlap an earlier one moves down below it."""
+    patches of ``colours``; a label that would overlap an earlier one moves down below it, by at most
+    ``max_shift`` label heights: labels never cover each other, and in a dense scene a label with no
+    free place near its box is left out (earlier texts, i.e. higher scores when sorted, win)."""
     from PIL import Image, ImageDraw, ImageFont
 
     if not texts:
@@ -75,12 +77,17 @@ def draw_labels(image: Tensor, boxes: Tensor, texts: Sequence[str], colours: Seq
         tw, th = right - left + 4, bottom - top + 4
         x = int(min(max(0, x0), max(0, w - tw)))
         y = int(y0 - th if y0 - th >= 0 else max(0, y0))
+        y_first = y
         for _ in range(len(placed) + 1):
             hit = next((p for p in placed if x < p[2] and p[0] < x + tw and y < p[3] and p[1] < y + th), None)
             if hit is None:
                 break
             y = hit[3]
         y = min(y, max(0, h - th))
+        if y - y_first > max_shift * th or any(
+            x < p[2] and p[0] < x + tw and y < p[3] and p[1] < y + th for p in placed
+        ):
+            continue  # dense scene: no free place near its box; the box and mask colour still show it
         placed.append((x, y, x + tw, y + th))
         draw.rectangle((x, y, x + tw - 1, y + th - 1), fill=tuple(colour[:3]))
         draw.text((x + 2 - left, y + 2 - top), text, fill=_text_colour(colour), font=font)
