@@ -442,7 +442,13 @@ class SwinTransformer(nn.Module):
             drop_path_rate=cfg.drop_path_rate,
             frozen_stages=cfg.frozen_stages,
             with_cp=cfg.with_cp,
+            **cls._config_options(cfg),
         )
+
+    @classmethod
+    def _config_options(cls, cfg: "ModelConfig") -> dict:
+        """Constructor arguments a subclass reads from the config beyond V1's (none here)."""
+        return {}
 
     def init_weights(self) -> None:
         """mmdet's from-scratch init: Linear trunc_normal(0.02) / bias 0, LayerNorm 1 / 0, bias tables

@@ -316,19 +316,8 @@ class SwinTransformerV2(SwinTransformer):
         )
 
     @classmethod
-    def from_config(cls, cfg: "ModelConfig") -> "SwinTransformerV2":
-        """Build the backbone described by a :class:`~swin_maskrcnn.modeling.config.ModelConfig`."""
-        return cls(
-            embed_dims=cfg.resolved_embed_dims(),
-            depths=cfg.resolved_depths(),
-            num_heads=cfg.resolved_num_heads(),
-            window_size=cfg.window_size,
-            pretrained_window_size=cfg.pretrained_window_size,
-            mlp_ratio=cfg.mlp_ratio,
-            drop_path_rate=cfg.drop_path_rate,
-            frozen_stages=cfg.frozen_stages,
-            with_cp=cfg.with_cp,
-        )
+    def _config_options(cls, cfg: "ModelConfig") -> dict:
+        return {"pretrained_window_size": cfg.pretrained_window_size}
 
     def init_weights(self) -> None:
         """torchvision's (and the original V2's) from-scratch init: every Linear (the bias MLP's too)
