@@ -230,7 +230,11 @@ class RuntimeConfig(StrictModel):
     val_every_n_steps: int = Field(7330, ge=1, description="validate every N optimizer steps (mmdet: every epoch)")
     val_start_step: int = Field(0, ge=0, description="no validation before this step")
     max_val_images: Optional[int] = Field(None, ge=1, description="validate on the first N images (None: all)")
-    val_max_dets: list[int] = Field(default_factory=lambda: [1, 10, 100], description="COCOeval maxDets")
+    val_max_dets: list[int] = Field(
+        default_factory=lambda: [1, 10, 100],
+        description="COCOeval maxDets of validation during training; unset, it follows model.max_instances "
+        "([1, 100, N] above 100, as evaluate does)",
+    )
     checkpoint_every_n_steps: int = Field(7330, ge=1)
     keep_last_checkpoints: Optional[int] = Field(
         None, ge=1,
@@ -387,6 +391,15 @@ class TrainConfig(StrictModel):
                 )
             if o.min_lr > o.lr:
                 raise ValueError(f"optim.min_lr={o.min_lr} is above optim.lr={o.lr}")
+        return self
+
+    @model_validator(mode="after")
+    def _val_max_dets_follow_max_instances(self) -> "TrainConfig":
+        """Validation during training counts as many detections as ``model.max_instances`` keeps (as
+        ``evaluate`` does) unless ``runtime.val_max_dets`` is given; a new runtime section, never changed in place."""
+        follow = self.model.eval_max_dets()
+        if follow is not None and "val_max_dets" not in self.runtime.model_fields_set:
+            self.__dict__["runtime"] = self.runtime.model_copy(update={"val_max_dets": follow})
         return self
 
 

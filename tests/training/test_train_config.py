@@ -237,3 +237,26 @@ def test_num_classes_mismatch_is_a_startup_error(tmp_path):
         build_datasets(cfg)
     msg = str(e.value)
     assert "model.num_classes=3" in msg and "2 categories" in msg
+
+
+@pytest.mark.parametrize("max_instances, runtime, expected", [
+    (None, {}, [1, 10, 100]),                                  # default: COCO's maxDets
+    (400, {}, [1, 100, 400]),                                  # follows max_instances, as evaluate does
+    (50, {}, [1, 10, 50]),
+    (400, {"val_max_dets": [1, 10, 100]}, [1, 10, 100]),       # given explicitly: kept
+])
+def test_val_max_dets_follows_max_instances(tmp_path, max_instances, runtime, expected):
+    model = {} if max_instances is None else {"max_instances": max_instances}
+    c = config_from_dict({"model": model, "data": {"train_ann": "a.json", "train_images": "imgs"}, "runtime": runtime})
+    assert c.runtime.val_max_dets == expected
+    assert c.model.eval_max_dets() in (None, [1, 100, 400], [1, 10, 50])
+    assert load_config(save_config(c, tmp_path / "c.yaml")).runtime.val_max_dets == expected
+
+
+def test_val_max_dets_follow_does_not_change_a_shared_runtime_section():
+    from swin_maskrcnn.training.config import RuntimeConfig
+
+    rt = RuntimeConfig()
+    c = config_from_dict({"model": {"max_instances": 400}, "data": {"train_ann": "a.json", "train_images": "imgs"},
+                          "runtime": rt})
+    assert c.runtime.val_max_dets == [1, 100, 400] and rt.val_max_dets == [1, 10, 100]
