@@ -206,7 +206,7 @@ class RunBatchSampler(Sampler[list[tuple[int, int]]]):
     ``len()`` is ``num_batches`` (the whole run); iteration starts at ``start_batch`` (resume).
     Items are ``(dataset index, augmentation seed)`` pairs for :class:`SeededSamples`.
     ``repeat_factors`` (one per image, >= 1; None: off) turns on repeat-factor sampling;
-    ``batches_per_epoch`` is then data epoch 0's count (later epochs differ).
+    ``batches_per_epoch`` is then data epoch 0's count (later epochs differ; :meth:`data_epoch` walks them).
     """
 
     def __init__(
@@ -286,6 +286,13 @@ class RunBatchSampler(Sampler[list[tuple[int, int]]]):
             batch -= self.rank_batches_in(epoch)
             epoch += 1
         return epoch, batch
+
+    def data_epoch(self, batch: int) -> float:
+        """Passes over the data after run batch ``batch`` (0-based) of this rank: data epoch + the fraction of
+        its batches done, so 1.0 at the end of epoch 0 also when repeat factors make epochs differ in length."""
+        epoch, offset = self.position(batch)
+        n = self.batches_per_epoch if self.repeat_factors is None else self.rank_batches_in(epoch)
+        return epoch + (offset + 1) / n
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         produced = self.start_batch

@@ -44,7 +44,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import lightning as L
 import torch
@@ -133,7 +133,8 @@ class DetectionModule(L.LightningModule):
         self.model = model if model is not None else SwinMaskRCNN(cfg.model)
         self.class_names = list(class_names)
         self.cat_id_to_label = None if cat_id_to_label is None else {int(k): int(v) for k, v in cat_id_to_label.items()}
-        self.batches_per_data_epoch: Optional[int] = None  # set by the data module, for train/data_epoch
+        # run batch index -> passes over the data (RunBatchSampler.data_epoch), set by the data module
+        self.data_epoch_of: Optional[Callable[[int], float]] = None
         self.last_train_metrics: dict[str, float] = {}
         self.nonfinite = NonFiniteGuard(cfg.runtime.max_consecutive_nonfinite)
         # the current optimizer step's micro-batches: (image ids) and the loss event, if any
@@ -196,8 +197,8 @@ class DetectionModule(L.LightningModule):
         for k, v in stats.items():  # the model's detached statistics (acc, counts, weight_* when learned)
             metrics[f"train/{k}"] = v.float()
         metrics["train/lr"] = torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
-        if self.batches_per_data_epoch:
-            metrics["train/data_epoch"] = torch.tensor((batch_idx + 1) / self.batches_per_data_epoch)
+        if self.data_epoch_of is not None:
+            metrics["train/data_epoch"] = torch.tensor(self.data_epoch_of(batch_idx))
         for k, v in metrics.items():
             self.log(k, v, on_step=True, on_epoch=False, prog_bar=k in _PROG_BAR, batch_size=n)
         # x-axis of the loggers = optimizer steps completed after this batch (Lightning's default is

@@ -137,7 +137,7 @@ class DetectionDataModule(L.LightningDataModule):
                      cfg.data.repeat_factor_threshold, n, sum(factors), sum(factors) / n, max(factors),
                      sum(f > 1.0 for f in factors), first, self.sampler.batches_per_epoch)
         if trainer.lightning_module is not None:
-            trainer.lightning_module.batches_per_data_epoch = self.sampler.batches_per_epoch
+            trainer.lightning_module.data_epoch_of = self.sampler.data_epoch
         if start:
             epoch, offset = self.sampler.position(start)
             log.info("resuming data order at run batch %d (data epoch %d, batch %d of %d)",

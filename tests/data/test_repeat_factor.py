@@ -162,3 +162,19 @@ def test_training_resume_with_repeat_factors_reproduces_the_run(tmp_path):
     assert sorted(resumed) == [4, 5, 6]
     for k in resumed:
         assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-7), k
+
+
+@pytest.mark.parametrize("world, rank", [(1, 0), (3, 1)])
+def test_data_epoch_walks_the_epoch_lengths(world, rank):
+    """train/data_epoch: whole numbers exactly at the end of each (differently long) data epoch."""
+    s = RunBatchSampler(ARS, 2, 1, seed=3, rank=rank, world_size=world, repeat_factors=EXPECTED)
+    ends, run_batch = [], 0
+    for e in range(6):
+        n = s.rank_batches_in(e)
+        assert [s.data_epoch(run_batch + j) for j in range(n)] == [e + (j + 1) / n for j in range(n)]
+        run_batch += n
+        ends.append(run_batch)
+    if world == 1:  # the epochs differ in length (a rank's share of 3 may not)
+        assert len({b - a for a, b in zip([0] + ends, ends)}) > 1
+    off = RunBatchSampler(ARS, 2, 1, seed=3, rank=rank, world_size=world)
+    assert [off.data_epoch(b) for b in range(20)] == [(b + 1) / off.batches_per_epoch for b in range(20)]

@@ -74,6 +74,10 @@ def test_training_writes_checkpoints_logs_and_summary(full_run):
     lrs = losses_by_step(rows, "train/lr")
     for k in (1, 3, 5, 6, 30, 31, 50):
         assert lrs[k] == pytest.approx(cfg.optim.lr * lr_factor(k - 1, cfg.optim), rel=1e-5), k
+    # passes over the data: 1 / (batches per data epoch) per step (6 images in batches of 2: 3 or 4 per epoch)
+    de = losses_by_step(rows, "train/data_epoch")
+    assert sorted(de) == list(range(1, STEPS + 1))
+    assert de[1] in (pytest.approx(1 / 4), pytest.approx(1 / 3)) and all(de[k] == pytest.approx(k * de[1], rel=1e-6) for k in de)
     # shares of the total sum to 1
     r = next(r for r in rows if r.get("train/loss"))
     shares = sum(float(r[k]) for k in r if k.startswith("train/share_") and r[k])
