@@ -194,8 +194,17 @@ def format_text(report: dict[str, Any], cfg: Any = None) -> str:
     ipi = report["instances_per_image"]
     caps = ", ".join(f"{k} {v}" for k, v in ipi["caps"].items())
     lines.append(f"instances per image: max {ipi['max']}, p99 {ipi['p99']:.1f}, mean {ipi['mean']:.2f} (caps: {caps})")
-    lines.append(f"crowd annotations: {report['crowd']} (left out of the training targets; COCOeval ignores "
-                 "detections that match them)")
+    cr = report.get("crowd_regions")
+    if cr and cr["annotations"]:
+        fr = cr["image_area_fraction"]
+        lines.append(f"crowd annotations: {report['crowd']} (iscrowd=1: {cr['iscrowd']}, \"ignore\": 1: {cr['ignore_flag']}) "
+                     f"in {cr['images']} images; {cr['degenerate']} under 1 px / outside, {cr['malformed']} malformed; "
+                     f"image area covered {_pct(fr['mean'])} mean / {_pct(fr['max'])} max of those images, "
+                     f"{_pct(fr['overall'])} of all")
+        lines.append("  per class: " + ", ".join(f"{k} {v}" for k, v in sorted(cr["per_class"].items())))
+        lines.append(f"  training: {cr['training']}")
+    else:
+        lines.append(f"crowd annotations: {report['crowd']}")
     af = report.get("anchor_fit")
     if af:
         cur, sug = af["current"], af["suggested"]

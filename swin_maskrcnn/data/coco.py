@@ -99,7 +99,35 @@ from .validation import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CocoInstanceDataset", "load_rgb_image", "pil_to_rgb_uint8", "DataError", "ImageNotFoundError"]
+__all__ = ["CocoInstanceDataset", "is_crowd", "crowd_box", "load_rgb_image", "pil_to_rgb_uint8", "DataError", "ImageNotFoundError"]
+
+
+def is_crowd(ann: dict) -> bool:
+    """Whether an annotation is a crowd / "don't care" region (``iscrowd=1`` or ``"ignore": 1``), not an instance."""
+    return bool(int(ann.get("iscrowd", 0) or 0) or int(ann.get("ignore", 0) or 0))
+
+
+def crowd_box(ann: dict, height: int, width: int, ctx: str) -> Optional[list[float]]:
+    """xyxy ignore box of a crowd / ignore annotation, clipped to the ``height`` x ``width`` image; None when
+    it is under 1 px or outside the image (no ignore region). Its bbox, or the box of its segmentation
+    when it has none; a malformed one raises :class:`DataError` naming ``ctx``."""
+    h, w = float(height), float(width)
+    bbox = ann.get("bbox")
+    if bbox is None and ann.get("segmentation"):
+        try:
+            bbox = [float(v) for v in mask_utils.toBbox(segm_to_rle(ann["segmentation"], int(h), int(w)))]
+        except Exception as exc:  # noqa: BLE001 - pycocotools raises assorted errors for malformed RLE
+            raise DataError(f"{ctx}: crowd annotation without bbox and an undecodable segmentation: {exc}") from exc
+    try:
+        x, y, bw, bh = (float(v) for v in bbox)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{ctx}: malformed bbox {bbox!r} of a crowd annotation (need [x, y, w, h])") from exc
+    if not all(math.isfinite(v) for v in (x, y, bw, bh)):
+        raise DataError(f"{ctx}: non-finite bbox {bbox!r} of a crowd annotation")
+    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
+    if bw < 1 or bh < 1 or x2 <= x1 or y2 <= y1:
+        return None
+    return [x1, y1, x2, y2]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,6 +174,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 
         self._images = {img["id"]: img for img in data["images"]}  # ids are unique (read_coco_json)
         self._num_crowd = 0
+        self._crowd_anns: dict[int, list[dict]] = {}
         self._records: dict[int, list[dict]] = {}
         for ann in data["annotations"]:
             rec = self._check_annotation(ann)
@@ -205,11 +234,12 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             raise DataError(f"{self._fname}: annotation id {ann['id']} refers to image id {img_id!r}, "
                             "which is not in the file's images")
         ctx = self._ctx(img_id, ann["id"])
-        if int(ann.get("iscrowd", 0) or 0) or int(ann.get("ignore", 0) or 0):
+        if is_crowd(ann):
             if ann.get("category_id") not in self.cat_id_to_label:
                 raise DataError(f"{ctx}: unknown category_id {ann.get('category_id')!r} "
                                 f"(categories of the file: {self.cat_ids})")
             self._num_crowd += 1
+            self._crowd_anns.setdefault(img_id, []).append(ann)
             if self.crowd == "ignore":
                 box = self._crowd_box(ann, ctx)
                 if box is not None:
@@ -220,25 +250,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     def _crowd_box(self, ann: dict, ctx: str) -> Optional[list[float]]:
         """xyxy box of a crowd / ignore annotation, clipped to the image (None: skipped, warned)."""
         info = self._images[ann["image_id"]]
-        h, w = float(info["height"]), float(info["width"])
-        bbox = ann.get("bbox")
-        if bbox is None and ann.get("segmentation"):
-            try:
-                bbox = [float(v) for v in mask_utils.toBbox(segm_to_rle(ann["segmentation"], int(h), int(w)))]
-            except Exception as exc:  # noqa: BLE001 - pycocotools raises assorted errors for malformed RLE
-                raise DataError(f"{ctx}: crowd annotation without bbox and an undecodable segmentation: {exc}") from exc
-        try:
-            x, y, bw, bh = (float(v) for v in bbox)  # type: ignore[union-attr]
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{ctx}: malformed bbox {bbox!r} of a crowd annotation (need [x, y, w, h])") from exc
-        if not all(math.isfinite(v) for v in (x, y, bw, bh)):
-            raise DataError(f"{ctx}: non-finite bbox {bbox!r} of a crowd annotation")
-        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
-        if bw < 1 or bh < 1 or x2 <= x1 or y2 <= y1:
+        box = crowd_box(ann, int(info["height"]), int(info["width"]), ctx)
+        if box is None:
             self.report.warn("crowd box under 1 px or outside the image",
-                             f"{ctx}: crowd box {bbox} is under 1 px or outside the image; no ignore region")
-            return None
-        return [x1, y1, x2, y2]
+                             f"{ctx}: crowd box {ann.get('bbox')} is under 1 px or outside the image; no ignore region")
+        return box
+
+    def crowd_annotations(self, img_id: int) -> list[dict]:
+        """The crowd / ignore annotations of an image as the file has them (any ``data.crowd``)."""
+        return self._crowd_anns.get(img_id, [])
 
     def _describe(self, p: ImageProblem) -> str:
         return f"image id {p.image_id} ({p.path}): {p.detail} (annotation ids {self._ann_ids_of(p.image_id)})"

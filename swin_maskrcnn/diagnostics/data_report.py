@@ -11,6 +11,9 @@ config into the plain dict that ``inspect`` writes as ``report.json``::
      "imbalance_ratio": float,
      "instances_per_image": {"max", "p99", "mean", "caps": {...}},
      "crowd": int,
+     "crowd_regions": {"annotations", "iscrowd", "ignore_flag", "images", "image_ids", "per_class", "degenerate",
+                       "malformed", "usable", "image_area_fraction": {"mean", "max", "overall"}, "data_crowd",
+                       "rpn_ignore_iof_thr", "roi_ignore_iof_thr", "training"},
      "anchor_fit": AnchorFit.as_dict(),
      "problems": [{"kind", "count", "message", "fix", "severity"}, ...]}
 
@@ -29,7 +32,7 @@ import numpy as np
 from ..modeling.config import ModelConfig
 from ..modeling.preprocess import rescale_size
 
-__all__ = ["Problem", "RARE_CLASS_INSTANCES", "IMBALANCE_WARN", "build_report", "dense_cap"]
+__all__ = ["union_area", "Problem", "RARE_CLASS_INSTANCES", "IMBALANCE_WARN", "build_report", "dense_cap"]
 
 #: a class with fewer training instances than this is reported as rare
 RARE_CLASS_INSTANCES = 10
@@ -241,11 +244,10 @@ def build_report(
     crowd = int(dataset.num_crowd)
     report: dict[str, Any] = {"file": str(dataset.ann_file), "images": images, "classes": classes,
                               "imbalance_ratio": imbalance, "instances_per_image": inst, "crowd": crowd}
-    if crowd:
-        problems.append(Problem(
-            "crowd annotations", crowd,
-            f"{crowd} crowd annotations (iscrowd=1): not training targets; COCOeval ignores detections on them",
-            "nothing to do if they mark crowds; set iscrowd=0 on those that are single objects", "info"))
+    regions, crowd_problem = _crowd_regions(dataset, model_cfg, data_cfg, train_split)
+    report["crowd_regions"] = regions
+    if crowd_problem is not None:
+        problems.append(crowd_problem)
 
     # ---- anchors
     if anchor_fit is not None:
@@ -265,3 +267,97 @@ def build_report(
     order = {"error": 0, "warning": 1, "info": 2}
     report["problems"] = [p.as_dict() for p in sorted(problems, key=lambda p: order[p.severity])]
     return report
+
+
+def union_area(boxes: Sequence[Sequence[float]]) -> float:
+    """Exact area of the union of xyxy boxes (coordinate compression)."""
+    if not len(boxes):
+        return 0.0
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    xs, ys = np.unique(b[:, [0, 2]]), np.unique(b[:, [1, 3]])
+    cx, cy = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2
+    inside = ((b[:, None, None, 0] <= cx[None, None, :]) & (cx[None, None, :] <= b[:, None, None, 2])
+              & (b[:, None, None, 1] <= cy[None, :, None]) & (cy[None, :, None] <= b[:, None, None, 3])).any(0)
+    return float((inside * np.outer(np.diff(ys), np.diff(xs))).sum())
+
+
+def _crowd_regions(dataset: Any, model_cfg: ModelConfig, data_cfg: Any,
+                   train_split: bool) -> tuple[dict[str, Any], Optional[Problem]]:
+    """``crowd_regions``: the crowd / ``"ignore": 1`` annotations of the images in use and what training does
+    with them under ``data.crowd``, with the dataset's own rule (:func:`~swin_maskrcnn.data.coco.crowd_box`)
+    for the degenerate ones; plus the problem entry (None without crowd annotations)."""
+    from ..data.coco import DataError, crowd_box
+
+    coco = dataset.coco
+    mode = "drop" if data_cfg is None else str(getattr(data_cfg, "crowd", "drop"))
+    rpn_thr, roi_thr = float(model_cfg.rpn.ignore_iof_thr), float(model_cfg.roi.ignore_iof_thr)
+    per_class: dict[str, int] = {}
+    n = n_iscrowd = n_flag = degenerate = malformed = 0
+    images, fractions = [], []
+    area_all = covered_all = 0.0
+    for img_id in dataset.img_ids:
+        info = coco.imgs[img_id]
+        h, w = int(info["height"]), int(info["width"])
+        area_all += h * w
+        anns = dataset.crowd_annotations(img_id)
+        if not anns:
+            continue
+        images.append(img_id)
+        boxes = []
+        for ann in anns:
+            n += 1
+            n_iscrowd += int(bool(int(ann.get("iscrowd", 0) or 0)))
+            n_flag += int(bool(int(ann.get("ignore", 0) or 0)))
+            name = dataset.class_names[dataset.cat_id_to_label[ann["category_id"]]]
+            per_class[name] = per_class.get(name, 0) + 1
+            try:
+                box = crowd_box(ann, h, w, f"image id {img_id}, annotation id {ann.get('id')}")
+            except DataError:
+                malformed += 1
+                continue
+            if box is None:
+                degenerate += 1
+            else:
+                boxes.append(box)
+        covered = union_area(boxes)
+        covered_all += covered
+        fractions.append(covered / float(h * w))
+    thr_on = rpn_thr > 0 or roi_thr > 0
+    if not train_split:
+        training = "not trained on (validation split); COCOeval ignores detections that match iscrowd=1 regions"
+    elif mode == "ignore":
+        training = (f"ignore_boxes of their images (model.rpn.ignore_iof_thr={rpn_thr:g}, model.roi.ignore_iof_thr="
+                    f"{roi_thr:g}: anchors / proposals inside them are neither positive nor negative)" if thr_on else
+                    "ignore_boxes of their images, but both ignore_iof_thr are off: taught as background like drop")
+    else:
+        training = "left out of the targets (data.crowd=drop): their area is taught as background"
+    regions = {
+        "annotations": n, "iscrowd": n_iscrowd, "ignore_flag": n_flag, "images": len(images),
+        "image_ids": images[:LISTED], "per_class": per_class, "degenerate": degenerate, "malformed": malformed,
+        "usable": n - degenerate - malformed,
+        "image_area_fraction": {"mean": float(np.mean(fractions)) if fractions else 0.0,
+                                "max": float(max(fractions)) if fractions else 0.0,
+                                "overall": covered_all / area_all if area_all else 0.0},
+        "data_crowd": mode, "rpn_ignore_iof_thr": rpn_thr, "roi_ignore_iof_thr": roi_thr, "training": training,
+    }
+    if not n:
+        return regions, None
+    where = (f"{n} crowd annotations (iscrowd=1: {n_iscrowd}, \"ignore\": 1: {n_flag}) in {len(images)} images "
+             f"(ids {_names(images)}; per class: {_names([f'{k} ({v})' for k, v in sorted(per_class.items())])}), "
+             f"covering {regions['image_area_fraction']['mean']:.1%} of those images' area on average"
+             + (f"; {degenerate} under 1 px or outside the image (no ignore region)" if degenerate else "")
+             + (f"; {malformed} with a malformed bbox (training stops on them with data.crowd=ignore)" if malformed else ""))
+    if not train_split:
+        return regions, Problem("crowd annotations", n, f"{where}: {training}",
+                                "nothing to do if they mark crowds; set iscrowd=0 on those that are single objects",
+                                "info")
+    if mode == "drop":
+        return regions, Problem("crowd annotations", n, f"{where}: {training}",
+                                "data.crowd=ignore model.rpn.ignore_iof_thr=0.5 model.roi.ignore_iof_thr=0.5",
+                                "warning")
+    if not thr_on:
+        return regions, Problem("crowd annotations", n, f"{where}: {training} (train() warns)",
+                                "model.rpn.ignore_iof_thr=0.5 model.roi.ignore_iof_thr=0.5", "warning")
+    return regions, Problem("crowd annotations", n, f"{where}: {training}",
+                            "nothing to do if they mark crowds; set iscrowd=0 on those that are single objects",
+                            "error" if malformed else "info")
