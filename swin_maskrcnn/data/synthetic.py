@@ -2,7 +2,10 @@
 
 Every image shows a textured background and 0..N shapes of five classes: ``rectangle``,
 ``ellipse``, ``triangle``, ``ring`` (an ellipse with an elliptical hole: whatever lies behind the
-hole stays visible) and ``star`` (5..7 points). Shapes get random sizes (log-uniform), aspect
+hole stays visible) and ``star`` (5..7 points). ``ShapeParams.classes`` selects other shapes
+(and their order, i.e. the category ids) from :data:`SHAPE_NAMES`, which adds ``cross`` (a plus
+sign: two perpendicular bars); the default is the five above, and the default output is
+unchanged by the option. Shapes get random sizes (log-uniform), aspect
 ratios, rotations, colours and textures (solid, stripes, gradient, noise, checker); backgrounds
 are gradients, smooth colour clouds, noise or faint stripes. Shapes are painted in order, so later
 shapes occlude earlier ones, and a shape may be cut by the image border.
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CLASS_NAMES",
+    "SHAPE_NAMES",
     "ShapeParams",
     "Sample",
     "SplitPaths",
@@ -64,6 +68,8 @@ __all__ = [
 
 #: category names; category ids are 1..5 in this order
 CLASS_NAMES: tuple[str, ...] = ("rectangle", "ellipse", "triangle", "ring", "star")
+#: every shape the generator can draw (``ShapeParams.classes`` picks from these)
+SHAPE_NAMES: tuple[str, ...] = CLASS_NAMES + ("cross",)
 
 TEXTURES: tuple[str, ...] = ("solid", "stripes", "gradient", "noise", "checker")
 BACKGROUNDS: tuple[str, ...] = ("gradient", "clouds", "noise", "stripes")
@@ -95,6 +101,8 @@ class ShapeParams:
     texture_weights: tuple[float, ...] = (0.3, 0.2, 0.2, 0.2, 0.1)
     #: background kinds to draw from uniformly (any of gradient, clouds, noise, stripes)
     backgrounds: tuple[str, ...] = ("gradient", "clouds", "noise", "stripes")
+    #: the shapes drawn (uniformly), in category-id order (id k+1 = classes[k]); any of SHAPE_NAMES
+    classes: tuple[str, ...] = CLASS_NAMES
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_objects <= self.max_objects:
@@ -112,12 +120,14 @@ class ShapeParams:
             raise ValueError(f"texture_weights must be {len(self.textures)} non-negative numbers, got {self.texture_weights}")
         if not self.backgrounds or set(self.backgrounds) - set(BACKGROUNDS):
             raise ValueError(f"backgrounds must be a non-empty subset of {BACKGROUNDS}, got {self.backgrounds}")
+        if not self.classes or set(self.classes) - set(SHAPE_NAMES) or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be distinct names from {SHAPE_NAMES}, got {self.classes}")
 
 
 @dataclass
 class Sample:
     """One rendered image: ``image`` uint8 (H, W, 3); per annotated instance (paint order) a label
-    index into :data:`CLASS_NAMES` and its visible mask (bool (H, W)).
+    index into ``ShapeParams.classes`` (default :data:`CLASS_NAMES`) and its visible mask (bool (H, W)).
 
     For checking: ``painted_labels`` / ``painted_masks`` are every painted shape (dropped ones
     included) with its FULL in-image mask, in paint order, and ``kept[j]`` is the paint index of
@@ -162,7 +172,7 @@ def _polygon_mask(xs: np.ndarray, ys: np.ndarray, verts: np.ndarray) -> np.ndarr
 
 
 def _shape_mask(rng: np.random.Generator, label: int, h: int, w: int, params: ShapeParams) -> np.ndarray:
-    """A full (unoccluded) mask of a random shape of class ``label``, clipped to the image."""
+    """A full (unoccluded) mask of a random shape of class ``params.classes[label]``, clipped to the image."""
     short = min(h, w)
     lo, hi = params.size_range
     diameter = math.exp(rng.uniform(math.log(lo * short), math.log(hi * short)))
@@ -179,7 +189,7 @@ def _shape_mask(rng: np.random.Generator, label: int, h: int, w: int, params: Sh
     dx, dy = xs - cx, ys - cy
     c, s = math.cos(theta), math.sin(theta)
     u, v = c * dx + s * dy, -s * dx + c * dy  # coordinates in the shape's rotated frame
-    name = CLASS_NAMES[label]
+    name = params.classes[label]
     if name == "rectangle":
         k = rng.uniform(0.4, 1.0)  # aspect; half-diagonal = r
         a = r / math.sqrt(1.0 + k * k)
@@ -206,7 +216,11 @@ def _shape_mask(rng: np.random.Generator, label: int, h: int, w: int, params: Sh
         radii = np.where(k % 2 == 0, r, r * inner)
         verts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
         local = _polygon_mask(xs, ys, verts)
-    else:  # pragma: no cover - CLASS_NAMES and this function change together
+    elif name == "cross":
+        # two perpendicular bars of half-length r (the tips reach the circle) and half-width t
+        t = r * rng.uniform(0.18, 0.3)
+        local = ((np.abs(u) <= r) & (np.abs(v) <= t)) | ((np.abs(v) <= r) & (np.abs(u) <= t))
+    else:  # pragma: no cover - SHAPE_NAMES and this function change together
         raise ValueError(f"unknown shape class {name!r}")
     mask = np.zeros((h, w), dtype=bool)
     mask[y0:y1, x0:x1] = local
@@ -327,7 +341,7 @@ def render_sample(
     painted: list[np.ndarray] = []
     n = 0 if empty else int(rng.integers(params.min_objects, params.max_objects + 1))
     for _ in range(n):
-        label = int(rng.integers(len(CLASS_NAMES)))
+        label = int(rng.integers(len(params.classes)))
         mask = None
         for _try in range(params.placement_tries):
             cand = _shape_mask(rng, label, h, w, params)
@@ -437,11 +451,13 @@ def generate_split(
             "split": split,
             "seed": int(seed),
             "image_size": image_size if isinstance(image_size, int) else [list(s) if isinstance(s, (tuple, list)) else s for s in image_size],
-            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()},
+            # ``classes`` only when not the default, so that the default output stays what it was
+            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()
+                       if k != "classes" or tuple(v) != CLASS_NAMES},
         },
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(CLASS_NAMES)],
+        "categories": [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(params.classes)],
     }
     ann_file = out_dir / "annotations" / f"{split}.json"
     _write_json_atomic(ann_file, coco)
@@ -505,9 +521,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-objects", type=int, default=ShapeParams.max_objects)
     p.add_argument("--empty-fraction", type=float, default=ShapeParams.empty_fraction)
+    p.add_argument("--classes", default=",".join(CLASS_NAMES),
+                   help=f"comma-separated shapes to draw, in category-id order (any of {','.join(SHAPE_NAMES)})")
     args = p.parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = ShapeParams(max_objects=args.max_objects, empty_fraction=args.empty_fraction)
+    params = ShapeParams(max_objects=args.max_objects, empty_fraction=args.empty_fraction,
+                         classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()))
     counts = {k: v for k, v in (("train", args.train), ("val", args.val)) if v > 0}
     out = generate_dataset(args.out, counts, image_size=args.size, seed=args.seed, params=params)
     for s in out.values():

@@ -210,3 +210,73 @@ def test_cli(tmp_path, capsys):
     assert "train: 3 images" in printed and "val: 2 images" in printed
     coco = _load(tmp_path / "annotations" / "val.json")
     assert [(im["height"], im["width"]) for im in coco["images"]] == [(48, 64), (48, 64)]
+
+
+# sha256 of the decoded pixels of every PNG and the bytes of every json (sorted paths) of
+# generate_dataset(d, {"train": 6, "val": 3}, image_size=64, seed=3, params=P), computed with the
+# generator as it was BEFORE ShapeParams.classes and the cross shape were added (commit d4f6b53)
+_DEFAULT_OUTPUT_SHA256 = {
+    "default": "cc0b17f81a5e46fe32251b4b611be1a26f20ce4985012e43283c3608f0f5b3ce",
+    "demo": "2fd8a2e48a5e35565311a5f210ae5c838c813d559374e37246aaa517c94d3cc1",  # max_rotation=20 (configs/demo.yaml)
+}
+
+
+@pytest.mark.parametrize("which", sorted(_DEFAULT_OUTPUT_SHA256))
+def test_default_output_unchanged_by_classes_option(tmp_path, which):
+    params = ShapeParams() if which == "default" else ShapeParams(max_rotation=20.0)
+    generate_dataset(tmp_path, {"train": 6, "val": 3}, image_size=64, seed=3, params=params)
+    h = hashlib.sha256()
+    for f in sorted(tmp_path.rglob("*")):
+        if f.suffix == ".json":
+            h.update(f.read_bytes())
+        elif f.suffix == ".png":
+            h.update(np.asarray(Image.open(f)).tobytes())
+    assert h.hexdigest() == _DEFAULT_OUTPUT_SHA256[which]
+
+
+def test_classes_option_selects_shapes_and_ids(tmp_path):
+    from swin_maskrcnn.data.synthetic import SHAPE_NAMES
+
+    assert "cross" in SHAPE_NAMES and "cross" not in CLASS_NAMES
+    classes = ("cross", "ring", "rectangle")
+    generate_dataset(tmp_path, {"train": 12}, image_size=64, seed=1, params=ShapeParams(classes=classes))
+    coco = _load(tmp_path / "annotations" / "train.json")
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "cross"), (2, "ring"), (3, "rectangle")]
+    assert coco["info"]["params"]["classes"] == list(classes)
+    assert {a["category_id"] for a in coco["annotations"]} == {1, 2, 3}
+    with pytest.raises(ValueError, match="classes"):
+        ShapeParams(classes=("cross", "hexagon"))
+    with pytest.raises(ValueError, match="classes"):
+        ShapeParams(classes=("ring", "ring"))
+
+
+def test_cross_renders_as_two_perpendicular_bars():
+    """An unrotated, unoccluded cross is exactly the union of a horizontal and a vertical bar:
+    with the vertical bar t_v px wide (the narrowest rows) and the horizontal one t_h px high (the
+    full-width rows), the columns mirror that (narrowest column t_h, t_v full-height columns), the
+    area is W * t_h + H * t_v - t_h * t_v (closed form of the union), the corners are empty, the
+    bars are thinner than half the length, and the two bar lengths agree within a pixel."""
+    params = ShapeParams(classes=("cross",), min_objects=1, max_objects=1, max_rotation=0.0, empty_fraction=0.0,
+                         size_range=(0.5, 0.6), pixel_noise=0.0)
+    found = 0
+    for i in range(20):
+        s = render_sample(sample_seed_sequence(5, "x", i), 96, params)
+        if not s.masks:
+            continue
+        m = s.masks[0]
+        ys, xs = np.nonzero(m)
+        if ys.min() == 0 or xs.min() == 0 or ys.max() == 95 or xs.max() == 95:
+            continue  # cut by the border
+        found += 1
+        crop = m[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        hh, ww = crop.shape
+        assert abs(hh - ww) <= 1
+        rows, cols = crop.sum(axis=1), crop.sum(axis=0)
+        t_v, t_h = int(rows.min()), int((rows == ww).sum())
+        assert int(cols.min()) == t_h and int((cols == hh).sum()) == t_v
+        assert 0 < t_v < ww / 2 and 0 < t_h < hh / 2
+        assert int(crop.sum()) == ww * t_h + hh * t_v - t_h * t_v
+        c = (min(hh, ww) - max(t_h, t_v)) // 2 - 1
+        assert c >= 1 and not crop[:c, :c].any() and not crop[-c:, -c:].any()
+        assert s.labels == [0]
+    assert found >= 3
