@@ -355,6 +355,14 @@ class InitConfig(StrictModel):
         default_factory=dict,
         description="renamed classes for the by-name transfer from init.checkpoint: {dataset_name: checkpoint_name}",
     )
+    map_classes: bool = Field(
+        True,
+        description=(
+            "copy class-specific rows from init.checkpoint by class name (true); false: the class-specific "
+            "layers (fc_cls, fc_reg, conv_logits) all start fresh, even where names or counts match, "
+            "and every other key is loaded (a fine-tuning baseline: 'fresh heads')"
+        ),
+    )
 
 
 class TrainConfig(StrictModel):

@@ -224,14 +224,17 @@ def _probe_batch(cfg: TrainConfig, train_ds: CocoInstanceDataset, val_ds: Option
 
 
 def init_weights_from(model: SwinMaskRCNN, path: str, class_names: Optional[Sequence[str]] = None,
-                      class_map: Optional[dict[str, str]] = None, run_dir: Optional[Path] = None) -> list[str]:
+                      class_map: Optional[dict[str, str]] = None, run_dir: Optional[Path] = None,
+                      map_classes: bool = True) -> list[str]:
     """Load detector weights (mmdet / ours / Lightning); returns the keys not loaded (fresh init).
 
     With ``class_names`` (the dataset's) and class names in the checkpoint's meta, the class-specific
     layers keep each class found there by name (or ``class_map``: {dataset_name: checkpoint_name}) and
     the background row (training/class_transfer.py); otherwise, with a different class count, they
     keep their init. Every other key must match (a CheckpointError naming init.checkpoint). The
-    transfer report is logged and, with ``run_dir``, written there (transfer_report.json / .txt)."""
+    transfer report is logged and, with ``run_dir``, written there (transfer_report.json / .txt).
+    ``map_classes=False`` (``init.map_classes: false``): every class-specific tensor keeps its fresh
+    init (no by-name copy, whatever the names and counts)."""
     sd, meta = read_checkpoint(path)
     own = model.state_dict()
     bad = sorted(k for k in set(sd) & set(own) if not k.startswith(CLASS_SPECIFIC_PREFIXES)
@@ -242,9 +245,17 @@ def init_weights_from(model: SwinMaskRCNN, path: str, class_names: Optional[Sequ
             + ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:8])
             + (f" (+{len(bad) - 8} more)" if len(bad) > 8 else ""))
     ckpt_names = meta.get("class_names")
-    report: dict[str, Any] = {"checkpoint": str(path), "source": meta["source"], "classes": None}
+    report: dict[str, Any] = {"checkpoint": str(path), "source": meta["source"], "classes": None,
+                              "map_classes": bool(map_classes)}
     skipped, partial = [], []
-    if class_names is not None and ckpt_names:
+    if not map_classes:
+        if class_map:
+            raise ConfigError("init.class_map is set but init.map_classes is false (nothing is mapped)")
+        for k in list(sd):
+            if k.startswith(CLASS_SPECIFIC_PREFIXES) and k in own:
+                skipped.append(k)
+                sd[k] = own[k]
+    elif class_names is not None and ckpt_names:
         report.update(transfer_class_rows(sd, own, list(class_names), list(ckpt_names), class_map))
         partial = sorted(report["class_tensors"])
     else:
@@ -362,7 +373,8 @@ def build_model(cfg: TrainConfig, resume: Optional[Path], class_names: Optional[
     if cfg.init.backbone_checkpoint and resume is None:
         load_imagenet_backbone(model.backbone, cfg.init.backbone_checkpoint)
     if cfg.init.checkpoint and resume is None:
-        init_weights_from(model, cfg.init.checkpoint, class_names, cfg.init.class_map or None, run_dir)
+        init_weights_from(model, cfg.init.checkpoint, class_names, cfg.init.class_map or None, run_dir,
+                          map_classes=cfg.init.map_classes)
     compile_dense(model, cfg.runtime.compile)
     return model
 

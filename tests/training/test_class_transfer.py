@@ -141,3 +141,44 @@ def test_build_model_transfers_and_logs(tmp_path, caplog):
     assert "rect <- horse (3)" in caplog.text and "ellipse: new" in caplog.text
     assert torch.equal(m.state_dict()[MSK + "weight"][0], src_model.state_dict()[MSK + "weight"][3])
     assert (tmp_path / "run" / "transfer_report.txt").read_text() in caplog.text + "\n"
+
+
+def test_map_classes_false_gives_fresh_heads(source, tmp_path):
+    """init.map_classes: false: every class-specific tensor equals a fresh init of the same seed
+    (also for classes the checkpoint has by name and when the count matches), everything else
+    equals the checkpoint; the report says so; build_model passes the switch."""
+    path, src = source
+    keys = sorted(p + s for p in (CLS, REG, MSK) for s in ("weight", "bias"))
+    for names in (["dog", "widget", "cat"], list(SRC)):
+        m = _model(len(names), seed=5)
+        fresh = _model(len(names), seed=5).state_dict()
+        skipped = init_weights_from(m, str(path), names, None, tmp_path / "run", map_classes=False)
+        assert sorted(skipped) == keys
+        sd = m.state_dict()
+        for k, v in sd.items():
+            if k.startswith((CLS, REG, MSK)):
+                assert torch.equal(v, fresh[k]), k
+            else:
+                assert torch.equal(v, src[k]), k
+        rep = json.loads((tmp_path / "run" / "transfer_report.json").read_text())
+        assert rep["map_classes"] is False and rep["classes"] is None and rep["tensors_reinitialised"] == 6
+        txt = (tmp_path / "run" / "transfer_report.txt").read_text()
+        assert "fresh: " + CLS + "weight" in txt and "<-" not in txt
+    with pytest.raises(ConfigError, match="init.map_classes"):
+        init_weights_from(_model(3, seed=0), str(path), ["dog", "cat", "bird"], {"dog": "cat"}, map_classes=False)
+
+
+def test_build_model_map_classes_false(tmp_path):
+    from tests.conftest import make_tiny_coco, tiny_train_config
+    from swin_maskrcnn.training.train import build_model
+
+    ann, imgs = make_tiny_coco(tmp_path, n_images=1)
+    cfg = tiny_train_config(ann, imgs, tmp_path, "r")
+    torch.manual_seed(2)
+    src_model = SwinMaskRCNN(cfg.model.model_copy(update={"num_classes": 2}))
+    ck = save_checkpoint(tmp_path / "src.pt", src_model, src_model.cfg, ["rect", "ellipse"], None)
+    for flag, same in ((True, True), (False, False)):
+        c = cfg.model_copy(update={"init": cfg.init.model_copy(update={"checkpoint": str(ck), "map_classes": flag})})
+        m = build_model(c, None, ["rect", "ellipse"], tmp_path / f"run{flag}")
+        assert torch.equal(m.state_dict()[MSK + "weight"], src_model.state_dict()[MSK + "weight"]) is same
+        assert json.loads((tmp_path / f"run{flag}" / "transfer_report.json").read_text())["map_classes"] is flag
