@@ -122,9 +122,9 @@ def demo_line(box_ap: float, mask_ap: float) -> str:
 # ------------------------------------------------------------------------------------------------
 def _dataset_matches(data_dir: Path, counts: dict[str, int], image_size: Any, seed: int, params: Any) -> bool:
     """True when ``data_dir`` already holds exactly the dataset these arguments would generate."""
-    from dataclasses import asdict
+    from ..data.synthetic import params_info
 
-    want_params = json.loads(json.dumps(asdict(params)))
+    want_params = json.loads(json.dumps(params_info(params)))
     want_size = json.loads(json.dumps(image_size))
     for split, n in counts.items():
         ann = data_dir / "annotations" / f"{split}.json"

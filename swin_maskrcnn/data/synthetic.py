@@ -61,6 +61,7 @@ __all__ = [
     "render_sample",
     "sample_seed_sequence",
     "mask_to_annotation",
+    "params_info",
     "generate_split",
     "generate_dataset",
     "main",
@@ -405,6 +406,13 @@ def _empty_indices(seed: int, split: str, n: int, fraction: float) -> set[int]:
     return set(int(i) for i in rng.permutation(n)[:k])
 
 
+def params_info(params: ShapeParams) -> dict[str, Any]:
+    """``params`` as written into ``info.params`` of the json: ``classes`` only when not the default,
+    so that the default output stays what it was before the option existed."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()
+            if k != "classes" or tuple(v) != CLASS_NAMES}
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: json.dump(obj, f))
 
@@ -451,9 +459,7 @@ def generate_split(
             "split": split,
             "seed": int(seed),
             "image_size": image_size if isinstance(image_size, int) else [list(s) if isinstance(s, (tuple, list)) else s for s in image_size],
-            # ``classes`` only when not the default, so that the default output stays what it was
-            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()
-                       if k != "classes" or tuple(v) != CLASS_NAMES},
+            "params": params_info(params),
         },
         "images": images,
         "annotations": annotations,

@@ -280,3 +280,17 @@ def test_cross_renders_as_two_perpendicular_bars():
         assert c >= 1 and not crop[:c, :c].any() and not crop[-c:, -c:].any()
         assert s.labels == [0]
     assert found >= 3
+
+
+@pytest.mark.parametrize("classes", [None, ("cross", "ring", "rectangle")])
+def test_demo_reuses_generated_data_with_and_without_classes(tmp_path, classes):
+    """The demo's reuse check (apps/demo._dataset_matches) recognises both a default dataset (no
+    ``classes`` in info.params) and one with other classes; a different class list does not match."""
+    from swin_maskrcnn.apps.demo import _dataset_matches
+
+    params = ShapeParams() if classes is None else ShapeParams(classes=classes)
+    generate_dataset(tmp_path, {"train": 2}, image_size=32, seed=0, params=params)
+    assert ("classes" in _load(tmp_path / "annotations" / "train.json")["info"]["params"]) is (classes is not None)
+    assert _dataset_matches(tmp_path, {"train": 2}, 32, 0, params)
+    other = ShapeParams(classes=("star", "cross"))
+    assert not _dataset_matches(tmp_path, {"train": 2}, 32, 0, other)
