@@ -151,7 +151,7 @@ def run_one(out: Path, info: dict[str, Any], mode: str, seed: int, steps: int, s
     path = default_config_path()
     raw, demo = _load_recipe(path)
     demo["val_points"] = 1
-    run_out = out / f"{mode}_seed{seed}"
+    run_out = out / f"{mode}_seed{seed}_steps{steps}"
     cfg = _finish_recipe(raw, demo, str(path), run_out, info, seed, steps, False, MODE_OVERRIDES[mode])
     summary, train_s = train_demo(cfg, run_out)
     ev = evaluate_demo(summary, cfg, info)
@@ -162,7 +162,7 @@ def run_one(out: Path, info: dict[str, Any], mode: str, seed: int, steps: int, s
         ck.unlink()
     for ck in Path(summary["run_dir"]).rglob("*.ckpt"):
         ck.unlink()
-    (out / f"result_{mode}_seed{seed}.json").write_text(json.dumps(row, indent=1))
+    (out / f"result_{mode}_seed{seed}_steps{steps}.json").write_text(json.dumps(row, indent=1))
     log.info("%s", row)
     return row
 
@@ -177,7 +177,7 @@ def table(out: Path) -> str:
              "| data.crowd | seed | steps | box AP | mask AP | dets in crowds (all / crowd class) | "
              "recall crowd class | recall other classes | train s |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["seed"], r["mode"])):
+    for r in sorted(rows, key=lambda r: (r["steps"], r["seed"], r["mode"])):
         lines.append(f"| {r['mode']} | {r['seed']} | {r['steps']} | {r['box_ap']:.3f} | {r['mask_ap']:.3f} | "
                      f"{r['dets_inside_crowds']} / {r['crowd_class_dets_inside_crowds']} | "
                      f"{r['recall_crowd_class']:.3f} | {r['recall_other_classes']:.3f} | {r['train_s']:.0f} |")
