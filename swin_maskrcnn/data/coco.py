@@ -2,7 +2,9 @@
 
 ``CocoInstanceDataset(ann_file, image_dir)[i]`` returns ``(image, target)``: ``image`` float32
 (3, H, W) in [0, 1] after the transforms (divided by 255 exactly once, never mean/std-normalised:
-the model does that), and ``target`` a dict with
+the model does that; ``image_dtype="uint8"`` returns the uint8 0..255 image instead, which the model
+turns into exactly the same input: float32(u / 255) * 255 == u for every u, and a quarter of the bytes
+to pin and copy to the GPU; training uses it), and ``target`` a dict with
 
 * ``boxes`` float32 (N, 4) xyxy in pixels of the returned image,
 * ``labels`` int64 (N,) contiguous in 0..C-1 (category ids sorted ascending; background is not a
@@ -11,7 +13,10 @@ the model does that), and ``target`` a dict with
 * ``image_id`` (int, the json's image id), ``orig_size`` (h0, w0), ``img_size`` (h, w) after the
   transforms and ``scale_factor`` (w_scale, h_scale) = new / original.
 
-Segmentations may be polygons, compressed RLE or uncompressed RLE (decoded with pycocotools).
+Segmentations may be polygons, compressed RLE or uncompressed RLE (decoded with pycocotools). With
+transforms of :mod:`.transforms` (or none) the masks go through them as :class:`~.lazy_masks.LazyMasks`
+(decoded once at the original size, cut to each instance's box, and written at the final size once:
+bit for bit what the dense masks give); other transforms get the dense masks.
 The box of an instance is the annotation's ``bbox`` (as in mmdet), clipped to the image.
 
 **Crowd annotations** (``iscrowd=1``, and annotations marked ``"ignore": 1``, a common convention)
@@ -82,6 +87,7 @@ from pycocotools.coco import COCO
 
 from ..io_utils import stdout_to_log
 from .images import load_rgb_image, pil_to_rgb_uint8
+from .lazy_masks import LazyMasks
 from .transforms import to_float_image, unwrap_target
 from .validation import (
     DataError,
@@ -147,11 +153,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         num_classes: Optional[int] = None,
         bad_images: Literal["error", "skip"] = "error",
         crowd: Literal["drop", "ignore"] = "drop",
+        image_dtype: Literal["float32", "uint8"] = "float32",
     ):
         if bad_images not in ("error", "skip"):
             raise ValueError(f"bad_images must be 'error' or 'skip', got {bad_images!r}")
         if crowd not in ("drop", "ignore"):
             raise ValueError(f"crowd must be 'drop' or 'ignore', got {crowd!r}")
+        if image_dtype not in ("float32", "uint8"):
+            raise ValueError(f"image_dtype must be 'float32' or 'uint8', got {image_dtype!r}")
+        self.image_dtype = image_dtype
         self.crowd = crowd
         self._ignore_boxes: dict[int, list[list[float]]] = {}
         self.ann_file = Path(ann_file)
@@ -361,7 +371,11 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         return boxes, torch.tensor([r["label"] for r in recs], dtype=torch.int64)
 
     def get_raw_target(self, i: int) -> dict:
-        """Target of index ``i`` at the original size, before any transform."""
+        """Target of index ``i`` at the original size, before any transform (dense uint8 masks)."""
+        return self._raw_target(i, lazy=False)
+
+    def _raw_target(self, i: int, lazy: bool) -> dict:
+        """:meth:`get_raw_target`, the masks as :class:`LazyMasks` when ``lazy``."""
         img_id = self.img_ids[i]
         info = self.coco.imgs[img_id]
         h, w = int(info["height"]), int(info["width"])
@@ -372,15 +386,20 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             with warnings.catch_warnings():  # pycocotools vs numpy 2 "copy keyword" deprecation
                 warnings.simplefilter("ignore", DeprecationWarning)
                 decoded = mask_utils.decode(rles)
-            masks = np.ascontiguousarray(np.transpose(decoded, (2, 0, 1)))
+                if lazy:
+                    masks = LazyMasks.from_decoded(decoded, mask_utils.toBbox(rles))
+                else:
+                    masks = torch.from_numpy(np.ascontiguousarray(np.transpose(decoded, (2, 0, 1))).astype(np.uint8, copy=False))
             boxes = torch.tensor([r["box"] for r in recs], dtype=torch.float32)
         else:
-            masks = np.zeros((0, h, w), dtype=np.uint8)
+            masks = torch.zeros((0, h, w), dtype=torch.uint8)
+            if lazy:
+                masks = LazyMasks.from_dense(masks)
             boxes = torch.zeros((0, 4), dtype=torch.float32)
         target = {
             "boxes": boxes,
             "labels": torch.tensor([r["label"] for r in recs], dtype=torch.int64),
-            "masks": torch.from_numpy(masks.astype(np.uint8, copy=False)),
+            "masks": masks,
             "image_id": int(img_id),
             "orig_size": (h, w),
             "img_size": (h, w),
@@ -391,12 +410,24 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         return target
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
+        tf = self.transforms
+        lazy = tf is None or bool(getattr(tf, "supports_lazy_masks", lambda: False)())
         arr = self.load_image(i)
-        target = self.get_raw_target(i)
-        image = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        image = to_float_image(image)
+        target = self._raw_target(i, lazy=lazy)
+        # (3, H, W) view of the (H, W, 3) array: torch's uint8 bilinear resize works in that channels-last layout
+        # (a (3, H, W)-contiguous copy is converted back to it); the returned image is made contiguous below
+        image = torch.from_numpy(arr).permute(2, 0, 1)
+        if tf is not None:
+            image, target = tf(image, target)
+        image = image.as_subclass(torch.Tensor)
+        if self.image_dtype == "uint8":
+            if image.dtype != torch.uint8:
+                raise TypeError(f"image_dtype='uint8' needs transforms that keep uint8 images, got {image.dtype}")
+            image = image.contiguous()
+        elif image.dtype == torch.uint8:  # to_float_image's arithmetic, written straight into (3, H, W) order
+            image = image.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+        else:
+            image = to_float_image(image).contiguous()
         target = unwrap_target(target)
         if tuple(image.shape[-2:]) != tuple(target["img_size"]):
             raise RuntimeError(

@@ -39,6 +39,7 @@ __all__ = [
     "epoch_order",
     "AspectRatioGroupedBatchSampler",
     "build_dataloader",
+    "build_train_loader",
     "dataset_aspect_ratios",
     "sample_seed",
     "SeededSamples",
@@ -170,6 +171,40 @@ def build_dataloader(
         )
         return DataLoader(dataset, batch_sampler=batch_sampler, **common)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, **common)
+
+
+def build_train_loader(
+    dataset: Dataset,
+    sampler: "RunBatchSampler",
+    num_workers: int,
+    seed: int = 0,
+    pin_memory: Optional[bool] = None,
+    persistent_workers: bool = True,
+    prefetch_factor: Optional[int] = None,
+) -> DataLoader:
+    """The training DataLoader: ``SeededSamples(dataset)`` batched by ``sampler`` (a :class:`RunBatchSampler`),
+    :func:`collate`, the loader generator seeded with ``seed``. ``pin_memory`` None: pinned when CUDA is
+    available (the host-to-GPU copy can then run asynchronously); workers persist across the loader's
+    iterators (``persistent_workers``, with ``num_workers > 0``), so a new iterator (Lightning re-creates
+    it after a validation or on resume) does not re-fork and re-import them."""
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    extra: dict[str, Any] = {}
+    if num_workers > 0:
+        extra["persistent_workers"] = bool(persistent_workers)
+        if prefetch_factor is not None:
+            extra["prefetch_factor"] = int(prefetch_factor)
+    return DataLoader(
+        SeededSamples(dataset),
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        generator=generator,
+        pin_memory=bool(pin_memory),
+        **extra,
+    )
 
 
 # ------------------------------------------------------------------------------------------------

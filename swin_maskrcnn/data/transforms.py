@@ -29,6 +29,11 @@ exact semantics need it:
   Resizing does the same for a mask that a downscale empties (a 1-px sliver left by a crop at
   the border); mmdet keeps such an instance with an all-zero mask target.
 
+Masks may also come as :class:`~.lazy_masks.LazyMasks` (what the COCO dataset passes to a pipeline of
+these transforms): resize, flip, crop and instance selection then only compose index maps, and the
+dataset writes the dense masks once at the end, bit for bit equal to the dense chain
+(``Compose.supports_lazy_masks`` says whether every step of a pipeline handles them).
+
 Randomness comes from torch's global generator (seeded per DataLoader worker by PyTorch), so a run
 is reproducible given ``torch.manual_seed`` and the loader seed.
 """
@@ -42,6 +47,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from ..modeling.preprocess import rescale_size
+from .lazy_masks import LazyMasks
 
 __all__ = [
     "INSTANCE_KEYS",
@@ -101,7 +107,7 @@ def _prepare(image: torch.Tensor, target: Optional[Target]) -> tuple[tv_tensors.
     masks = target.get("masks")
     if masks is None:
         masks = torch.zeros((n, h, w), dtype=torch.uint8)
-    if not isinstance(masks, tv_tensors.Mask):
+    if not isinstance(masks, (tv_tensors.Mask, LazyMasks)):
         masks = tv_tensors.Mask(masks)
     if tuple(masks.shape[-2:]) != (h, w) or masks.shape[0] != n:
         raise ValueError(f"masks of shape {tuple(masks.shape)} do not match {n} boxes on a {h}x{w} image")
@@ -140,7 +146,7 @@ def _select(target: Target, keep: torch.Tensor) -> Target:
     for key in INSTANCE_KEYS:
         if key in target and target[key] is not None:
             value = target[key]
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, (torch.Tensor, LazyMasks)):
                 target[key] = value[keep]
             else:  # lists (e.g. ann ids kept as python lists)
                 idx = keep.nonzero().flatten().tolist()
@@ -172,6 +178,8 @@ def unwrap_target(target: Target) -> Target:
         out["ignore_boxes"] = out["ignore_boxes"].to(torch.float32).reshape(-1, 4)
     if "labels" in out:
         out["labels"] = out["labels"].to(torch.int64)
+    if isinstance(out.get("masks"), LazyMasks):
+        out["masks"] = out["masks"].dense()
     if "masks" in out:
         out["masks"] = out["masks"].to(torch.uint8)
     for key in ("orig_size", "img_size"):
@@ -191,6 +199,11 @@ class Compose:
     def __init__(self, transforms: Sequence[Transform]):
         self.transforms = list(transforms)
 
+    def supports_lazy_masks(self) -> bool:
+        """Whether every step takes :class:`LazyMasks` (the transforms of this module do; other callables
+        get dense masks)."""
+        return all(_lazy_ok(t) for t in self.transforms)
+
     def __call__(self, image: torch.Tensor, target: Optional[Target] = None):
         image, target = _prepare(image, target)
         for t in self.transforms:
@@ -200,6 +213,12 @@ class Compose:
     def __repr__(self) -> str:
         inner = ", ".join(repr(t) for t in self.transforms)
         return f"Compose([{inner}])"
+
+
+def _lazy_ok(t: Any) -> bool:
+    if isinstance(t, (Compose, RandomChoice)):
+        return t.supports_lazy_masks()
+    return bool(getattr(t, "lazy_masks", False))
 
 
 def resize_boxes(boxes: tv_tensors.BoundingBoxes, new_h: int, new_w: int) -> tv_tensors.BoundingBoxes:
@@ -223,7 +242,14 @@ def resize_to(image: torch.Tensor, target: Optional[Target], new_h: int, new_w: 
         target["ignore_boxes"] = resize_boxes(target["ignore_boxes"], new_h, new_w)
         target = _nonempty_ignore(target)
     masks = target["masks"]
-    if masks.shape[0] == 0:
+    if isinstance(masks, LazyMasks):
+        resized = masks.resized(new_h, new_w)
+        target["masks"] = resized
+        if len(masks):  # the same rule as below, on the index maps
+            vanished = masks.nonempty() & ~resized.nonempty()
+            if bool(vanished.any()):
+                target = _select(target, ~vanished)
+    elif masks.shape[0] == 0:
         target["masks"] = tv_tensors.Mask(torch.zeros((0, new_h, new_w), dtype=masks.dtype))
     else:
         had_pixels = masks.as_subclass(torch.Tensor).flatten(1).ne(0).any(dim=1)
@@ -243,6 +269,8 @@ class Resize:
     """mmdet ``Resize``. With ``keep_ratio`` the image is rescaled so that it fits in ``scale``
     (long side <= max(scale), short side <= min(scale)) with mmcv's rounding; without it the image
     is resized to exactly ``scale`` = (w, h)."""
+
+    lazy_masks = True  # takes LazyMasks (Compose.supports_lazy_masks)
 
     def __init__(self, scale: tuple[int, int] = (1333, 800), keep_ratio: bool = True):
         if len(scale) != 2 or min(scale) <= 0:
@@ -269,6 +297,8 @@ class Resize:
 class RandomChoiceResize:
     """mmdet ``RandomChoiceResize``: picks one of ``scales`` uniformly, then :class:`Resize`."""
 
+    lazy_masks = True  # takes LazyMasks (Compose.supports_lazy_masks)
+
     def __init__(self, scales: Sequence[tuple[int, int]], keep_ratio: bool = True):
         if len(scales) == 0:
             raise ValueError("RandomChoiceResize needs at least one scale")
@@ -284,6 +314,8 @@ class RandomChoiceResize:
 
 class RandomHorizontalFlip:
     """Flips image, masks and boxes (x1' = W - x2, x2' = W - x1) with probability ``p``."""
+
+    lazy_masks = True  # takes LazyMasks (Compose.supports_lazy_masks)
 
     def __init__(self, p: float = 0.5):
         if not 0.0 <= p <= 1.0:
@@ -302,7 +334,8 @@ class RandomHorizontalFlip:
         image, target = _prepare(image, target)
         image = F.horizontal_flip(image)
         target["boxes"] = F.horizontal_flip(target["boxes"])
-        target["masks"] = F.horizontal_flip(target["masks"])
+        masks = target["masks"]
+        target["masks"] = masks.flipped() if isinstance(masks, LazyMasks) else F.horizontal_flip(masks)
         if target.get("ignore_boxes") is not None:
             target["ignore_boxes"] = F.horizontal_flip(target["ignore_boxes"])
         return image, target
@@ -325,6 +358,8 @@ class RandomAbsoluteCrop:
     discards the sample; here the crop is redrawn up to ``max_tries`` times and, failing that, the
     input is returned uncropped.
     """
+
+    lazy_masks = True  # takes LazyMasks (Compose.supports_lazy_masks)
 
     def __init__(
         self,
@@ -371,9 +406,14 @@ class RandomAbsoluteCrop:
             raise ValueError(f"crop window {(top, left, height, width)} outside a {h}x{w} image")
         image = F.crop(image, top, left, height, width)
         boxes = F.crop(target["boxes"], top, left, height, width)  # translate + clip to the crop
-        masks = F.crop(target["masks"], top, left, height, width)
+        masks = target["masks"]
+        if isinstance(masks, LazyMasks):
+            masks = masks.cropped(top, left, height, width)
+            mask_ok = masks.nonempty()
+        else:
+            masks = F.crop(masks, top, left, height, width)
+            mask_ok = (masks.as_subclass(torch.Tensor).flatten(1) != 0).any(dim=1)
         box_ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        mask_ok = (masks.as_subclass(torch.Tensor).flatten(1) != 0).any(dim=1)
         keep = box_ok.as_subclass(torch.Tensor).bool() & mask_ok
         target["boxes"], target["masks"] = boxes, masks
         target = _select(target, keep)
@@ -381,6 +421,8 @@ class RandomAbsoluteCrop:
             target["ignore_boxes"] = F.crop(target["ignore_boxes"], top, left, height, width)
             target = _nonempty_ignore(target)
         if self.recompute_bbox and target["masks"].shape[0]:
+            if isinstance(target["masks"], LazyMasks):
+                target["masks"] = tv_tensors.Mask(target["masks"].dense())
             target["boxes"] = tv_tensors.BoundingBoxes(
                 masks_to_boxes(target["masks"]), format="XYXY", canvas_size=(height, width)
             )
@@ -433,6 +475,9 @@ class RandomChoice:
             self.p = torch.tensor([float(x) for x in p], dtype=torch.float64)
         else:
             self.p = None
+
+    def supports_lazy_masks(self) -> bool:
+        return all(_lazy_ok(t) for t in self.options)
 
     def __call__(self, image, target=None):
         if self.p is None:
