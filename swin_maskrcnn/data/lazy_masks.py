@@ -18,7 +18,7 @@ full-image mask at that size was about two thirds of the per-image time of the d
 from __future__ import annotations
 
 import functools
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -54,6 +54,13 @@ def nearest_source_index(in_size: int, out_size: int, axis: int = 1) -> np.ndarr
     return _nearest_index(int(in_size), int(out_size), int(axis))
 
 
+def _distinct(sorted_idx: np.ndarray) -> np.ndarray:
+    """The distinct values of a non-empty monotonic array, in order."""
+    keep = np.ones(sorted_idx.size, dtype=bool)
+    keep[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    return sorted_idx[keep]
+
+
 def _unique_counts(sorted_idx: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Number of distinct values of the monotonic ``sorted_idx[s:e]`` for every (s, e) pair."""
     if sorted_idx.size == 0:
@@ -85,6 +92,8 @@ class LazyMasks:
         self.rows = rows
         self.cols = cols
         self.cols_reversed = bool(cols_reversed)
+        self._crop_any: Optional[np.ndarray] = None  # per crop: has a pixel (shared by derived objects)
+        self._nonempty: Optional[np.ndarray] = None  # cache of nonempty() (the object is never modified)
 
     # ------------------------------------------------------------------------------------ building
     @classmethod
@@ -132,10 +141,17 @@ class LazyMasks:
     def __repr__(self) -> str:
         return f"LazyMasks(shape={self.shape}, cols_reversed={self.cols_reversed})"
 
-    def _new(self, crops=None, offsets=None, rows=None, cols=None, cols_reversed=None) -> "LazyMasks":
-        return LazyMasks(self.crops if crops is None else crops, self.offsets if offsets is None else offsets,
-                         self.rows if rows is None else rows, self.cols if cols is None else cols,
-                         self.cols_reversed if cols_reversed is None else cols_reversed)
+    def _new(self, crops=None, offsets=None, rows=None, cols=None, cols_reversed=None, select=None) -> "LazyMasks":
+        new = LazyMasks(self.crops if crops is None else crops, self.offsets if offsets is None else offsets,
+                        self.rows if rows is None else rows, self.cols if cols is None else cols,
+                        self.cols_reversed if cols_reversed is None else cols_reversed)
+        if self._crop_any is not None:
+            new._crop_any = self._crop_any if select is None else self._crop_any[select]
+        if select is not None and self._nonempty is not None:  # a selection keeps the index maps
+            new._nonempty = self._nonempty[select]
+        elif cols_reversed is not None and rows is None and self._nonempty is not None:  # a flip moves pixels only
+            new._nonempty = self._nonempty
+        return new
 
     # ------------------------------------------------------------------------------------ transforms
     def resized(self, new_h: int, new_w: int) -> "LazyMasks":
@@ -162,7 +178,7 @@ class LazyMasks:
             keep = keep.detach().cpu().numpy()
         keep = np.asarray(keep)
         idx = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64).reshape(-1)
-        return self._new(crops=[self.crops[i] for i in idx], offsets=self.offsets[idx])
+        return self._new(crops=[self.crops[i] for i in idx], offsets=self.offsets[idx], select=idx)
 
     # ------------------------------------------------------------------------------------ pixels
     def _ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -183,10 +199,17 @@ class LazyMasks:
 
     def nonempty(self) -> torch.Tensor:
         """bool (N,): which masks have at least one pixel (``masks.flatten(1).ne(0).any(1)``)."""
+        if self._nonempty is None:
+            self._nonempty = self._compute_nonempty()
+        return torch.from_numpy(self._nonempty.copy())
+
+    def _compute_nonempty(self) -> np.ndarray:
         n = len(self.crops)
         out = np.zeros(n, dtype=bool)
         if n == 0:
-            return torch.from_numpy(out)
+            return out
+        if self._crop_any is None:
+            self._crop_any = np.array([bool(c.any()) for c in self.crops], dtype=bool)
         i0, i1, j0, j1, asc = self._ranges()
         hs = np.array([c.shape[0] for c in self.crops], dtype=np.int64)
         ws = np.array([c.shape[1] for c in self.crops], dtype=np.int64)
@@ -194,22 +217,29 @@ class LazyMasks:
         # every source row and column of the box reached: the mask keeps all its pixels
         full = hit & (_unique_counts(self.rows, i0, i1) == hs) & (_unique_counts(asc, j0, j1) == ws)
         for k in np.flatnonzero(hit):
-            crop = self.crops[k]
-            if full[k]:
-                out[k] = bool(crop.any())
+            if full[k] or not self._crop_any[k]:
+                out[k] = self._crop_any[k]
                 continue
             y0, x0 = self.offsets[k]
-            r = np.unique(self.rows[i0[k]:i1[k]]) - y0
-            c = np.unique(asc[j0[k]:j1[k]]) - x0
-            out[k] = bool(crop[r][:, c].any())
-        return torch.from_numpy(out)
+            r = _distinct(self.rows[i0[k]:i1[k]]) - y0
+            c = _distinct(asc[j0[k]:j1[k]]) - x0
+            out[k] = bool(self.crops[k].take(r, axis=0).take(c, axis=1).any())
+        return out
 
-    def dense(self) -> torch.Tensor:
-        """The (N, H, W) uint8 masks, written once (each instance only inside its box)."""
+    def dense(self, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The (N, H, W) uint8 masks, written once (each instance only inside its box); into ``out`` (a
+        contiguous uint8 CPU tensor of that shape, e.g. in shared memory) when given."""
         n, h, w = self.shape
-        out = np.zeros((n, h, w), dtype=np.uint8)
+        if out is None:
+            out_t = torch.zeros((n, h, w), dtype=torch.uint8)
+        else:
+            if tuple(out.shape) != (n, h, w) or out.dtype != torch.uint8 or not out.is_contiguous():
+                raise ValueError(f"out must be a contiguous uint8 tensor of shape {(n, h, w)}, got "
+                                 f"{out.dtype} {tuple(out.shape)}")
+            out_t = out.zero_()
         if n == 0 or h == 0 or w == 0:
-            return torch.from_numpy(out)
+            return out_t
+        out = out_t.numpy()
         i0, i1, j0, j1, asc = self._ranges()
         for k in range(n):
             if i1[k] <= i0[k] or j1[k] <= j0[k]:
@@ -228,4 +258,4 @@ class LazyMasks:
             else:
                 block = crop.take(r, axis=0).take(c, axis=1)
             out[k, i0[k]:i1[k], a:b] = block
-        return torch.from_numpy(out)
+        return out_t

@@ -274,3 +274,39 @@ def test_lazy_from_decoded_matches_pycocotools(coco_files):
         assert isinstance(lazy, LazyMasks) and torch.equal(lazy.dense(), dense)
         # each crop holds its instance's every pixel, and nothing else is stored
         assert sum(c.size for c in lazy.crops) <= dense.numel()
+
+
+# ---------------------------------------------------------------------------------- loader workers
+def test_worker_outputs_are_allocated_in_shared_memory(monkeypatch):
+    from swin_maskrcnn.data import coco
+
+    assert not coco.output_tensor((2, 3), torch.uint8).is_shared()
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    t = coco.output_tensor((2, 3, 5), torch.float32)
+    assert t.is_shared() and t.is_contiguous() and t.shape == (2, 3, 5) and t.dtype == torch.float32
+    assert coco.output_tensor((0, 4, 4), torch.uint8).shape == (0, 4, 4)
+
+
+@pytest.mark.parametrize("image_dtype", ["uint8", "float32"])
+def test_training_loader_with_workers_equals_in_process(coco_files, image_dtype):
+    """build_train_loader with 2 workers (shared-memory outputs, persistent workers) gives the batches of
+    the in-process loader, bit for bit."""
+    from swin_maskrcnn.data.loader import RunBatchSampler, build_train_loader
+
+    ann, img_dir = coco_files
+    ds = CocoInstanceDataset(ann, img_dir, transforms=build_train_transforms("ms_crop_3x"), image_dtype=image_dtype)
+
+    def batches(workers):
+        sampler = RunBatchSampler(ds.aspect_ratios(), batch_size=2, num_batches=4, seed=3)
+        loader = build_train_loader(ds, sampler, num_workers=workers, seed=3)
+        if workers:
+            assert loader.persistent_workers
+        return list(loader)
+
+    for (im0, t0), (im2, t2) in zip(batches(0), batches(2)):
+        assert len(im0) == len(im2)
+        for a, b, ta, tb in zip(im0, im2, t0, t2):
+            assert a.dtype == getattr(torch, image_dtype) and torch.equal(a, b)
+            for key in ("boxes", "labels", "masks"):
+                assert torch.equal(ta[key], tb[key])
+            assert ta["image_id"] == tb["image_id"]
