@@ -31,9 +31,10 @@ are ours / mmdet of the same run.
 
 DataLoader: the training loader as ``train`` builds it (``SeededSamples`` + ``RunBatchSampler``,
 batch 2, the 1x pipeline, ``build_train_loader``: pin_memory when CUDA is there, persistent
-workers) with each ``--workers`` count, over ``--loader-images`` images; images/s is counted from
-the first batch on (worker start-up excluded), median over repetitions. On the shared 2-core
-machine 2 workers compete with the main process and the other jobs.
+workers; in a worker each sample's image and masks are allocated in shared memory, so sending them
+costs no copy) with each ``--workers`` count, over ``--loader-images`` images; images/s is counted
+from the first batch on (worker start-up excluded), median over repetitions. On the shared 2-core
+machine the workers compete with the main process and the other jobs.
 
 The 50 images/s training goal on 8 workers needs 50 / 8 = 6.25 images/s per worker.
 """
@@ -227,7 +228,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=40, help="images per subject and repetition (per-worker part)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2], help="DataLoader worker counts (none: skip)")
-    ap.add_argument("--loader-images", type=int, default=64, help="images per DataLoader run")
+    ap.add_argument("--loader-images", type=int, default=None,
+                    help="images per DataLoader run (default: max(64, 16 x workers x batch size), so that every "
+                         "worker serves several batches after its start-up)")
     ap.add_argument("--loader-reps", type=int, default=None, help="DataLoader repetitions (default --reps)")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--pipelines", nargs="+", default=["1x", "3x"], choices=["1x", "3x"])
@@ -300,7 +303,8 @@ def main() -> None:
         runs: dict[int, list[float]] = {w: [] for w in args.workers}
         for _ in range(lreps):
             for w in args.workers:
-                runs[w].append(loader_speed(datasets[args.pipelines[0]], w, args.loader_images, args.batch_size, 0))
+                n_img = args.loader_images or max(64, 16 * w * args.batch_size)
+                runs[w].append(loader_speed(datasets[args.pipelines[0]], w, n_img, args.batch_size, 0))
         loader = {str(w): {"img_per_s": statistics.median(v), "reps": v} for w, v in runs.items()}
         loader["pipeline"] = args.pipelines[0]
 
@@ -321,8 +325,9 @@ def main() -> None:
             ratio = f"{per_worker[s]['img_per_s'] / per_worker[f'mmdet_{kind}']['img_per_s']:.2f}x"
         print(f"{s:<10} {per_worker[s]['img_per_s']:>8.1f} {per_worker[s]['median_ms']:>16.1f} {ratio:>9}")
     if loader:
-        print(f"\nDataLoader ({loader['pipeline']} pipeline, batch {args.batch_size}, {args.loader_images} images, "
-              f"medians of {args.loader_reps or args.reps})")
+        print(f"\nDataLoader ({loader['pipeline']} pipeline, batch {args.batch_size}, "
+              f"{args.loader_images or 'max(64, 16 x workers x batch)'} images, medians of {args.loader_reps or args.reps}; "
+              f"pin_memory={torch.cuda.is_available()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         for w in args.workers:
             print(f"  {w:>2} workers: {loader[str(w)]['img_per_s']:.1f} img/s")
     print(f"\nwritten {args.out}")

@@ -5,7 +5,8 @@
 #    there): inference (1 image, batch 2) and training step (batch 2) at 800x1216 (mmdet's 1333x800
 #    test scale of a 2:3 image); images/s = images per call / wall median.
 # 2. the same with torch.compile of our backbone + FPN (compile time in "first call s").
-# 3. data_speed.py with the machine's cores, when it exists (issue 21 part 5; not written yet).
+# 3. data_speed.py: our training pipeline per worker (1x, 3x) and the training DataLoader with 0, 1, 2 and
+#    nproc workers (pinned memory there; no mmdet venv on that machine, so ours only).
 # 4. the test suite once with CUDA visible (the default suite; the CUDA-only checks run there).
 # Each step has its own timeout, so one hang does not lose the others; logs per step.
 set -u
@@ -24,7 +25,8 @@ timeout 240 $PY benchmarks/speed.py --device cuda --threads "$NPROC" --dtypes bf
     > "$OUT/speed_compiled.log" 2>&1
 echo "speed compiled rc=$?" >> "$OUT/status.txt"
 if [ -f benchmarks/data_speed.py ]; then
-    timeout 120 $PY benchmarks/data_speed.py --workers 0 1 2 "$NPROC" > "$OUT/data_speed.log" 2>&1
+    timeout 120 $PY benchmarks/data_speed.py --workers 0 1 2 "$NPROC" --out "$OUT/data_speed.json" \
+        > "$OUT/data_speed.log" 2>&1
     echo "data_speed rc=$?" >> "$OUT/status.txt"
 fi
 timeout 300 $PY -m pytest -q -x -p no:cacheprovider tests > "$OUT/tests_cuda.log" 2>&1
