@@ -32,6 +32,8 @@ from swin_maskrcnn.data.lazy_masks import LazyMasks, nearest_source_index
 from swin_maskrcnn.data.transforms import Compose, RandomHorizontalFlip, Resize, to_float_image, unwrap_target
 from swin_maskrcnn.modeling.preprocess import to_chw_255
 
+from conftest import COCO128, needs_coco128
+
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 SIZES = [(640, 480, "jpg"), (427, 640, "png"), (1700, 900, "jpg"), (300, 200, "png"), (2100, 1400, "jpg")]
@@ -166,6 +168,19 @@ def test_fast_pipeline_equals_dense_reference(coco_files, pipeline, crowd):
     assert n_inst > 0
     if pipeline.startswith("3x") or pipeline in ("1x", "1x_flip"):
         assert n_vanished_or_cropped > 0  # the cases that drop instances were exercised
+
+
+@needs_coco128
+@pytest.mark.parametrize("kind", ["1x", "ms_crop_3x"])
+def test_fast_pipeline_equals_dense_reference_on_coco128(kind):
+    """The same on real photos and polygons (coco128_seg train, 24 images, 2 seeds each)."""
+    ds = CocoInstanceDataset(COCO128 / "annotations/train.json", COCO128 / "images", transforms=build_train_transforms(kind))
+    for i in range(24):
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            got = ds[i]
+            torch.manual_seed(seed)
+            _assert_same(got, reference_item(ds, i), f"coco128 {kind} image {i} seed {seed}")
 
 
 def test_uint8_images_give_the_model_the_same_input(coco_files):
