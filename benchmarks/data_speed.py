@@ -173,15 +173,31 @@ def mmdet_infos(ds: Any, n: int) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 # ours
 # ------------------------------------------------------------------------------------------------
-def our_dataset(data: Path, kind: str):
+def data_files(data: Optional[Path], out_dir: Path) -> tuple[Path, Path, str]:
+    """(annotation file, image folder, description): coco128_seg's train split, or, where it is not there
+    (a GPU machine gets the checkout without ../shared), a synthetic COCO set of 64 train images of
+    480x640 with up to 8 shapes each (RLE masks, PNG), written once under ``out_dir``."""
+    if data is not None and data.is_dir():
+        return data / "annotations" / "train.json", data / "images", f"coco128_seg ({data})"
+    from swin_maskrcnn.data.synthetic import ShapeParams, generate_dataset
+
+    root = out_dir / "synthetic_480x640"
+    ann = root / "annotations" / "train.json"
+    if not ann.is_file():
+        log.warning("coco128_seg not found (looked in %s): generating a synthetic set in %s",
+                    [str(p) for p in DATA_CANDIDATES], root)
+        generate_dataset(root, {"train": 64}, image_size=(480, 640), seed=0, params=ShapeParams(max_objects=8))
+    return ann, root / "images" / "train", f"synthetic shapes, 64 images 480x640, PNG + RLE ({root})"
+
+
+def our_dataset(ann: Path, images: Path, kind: str):
     from swin_maskrcnn.data.coco import CocoInstanceDataset
     from swin_maskrcnn.data.transforms import build_train_transforms
 
     kw = {}
     if "image_dtype" in inspect.signature(CocoInstanceDataset).parameters:
         kw["image_dtype"] = "uint8"  # what train() uses (an older tree had float32 images only)
-    return CocoInstanceDataset(data / "annotations" / "train.json", data / "images",
-                               transforms=build_train_transforms(OURS_KIND[kind]), **kw)
+    return CocoInstanceDataset(ann, images, transforms=build_train_transforms(OURS_KIND[kind]), **kw)
 
 
 def run_ours(ds: Any, seeds: list[int]) -> list[float]:
@@ -234,7 +250,8 @@ def main() -> None:
     ap.add_argument("--loader-reps", type=int, default=None, help="DataLoader repetitions (default --reps)")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--pipelines", nargs="+", default=["1x", "3x"], choices=["1x", "3x"])
-    ap.add_argument("--data", type=Path, default=first_existing(DATA_CANDIDATES))
+    ap.add_argument("--data", type=Path, default=first_existing(DATA_CANDIDATES),
+                    help="coco128_seg folder (default: found next to the checkout; missing: a synthetic set)")
     ap.add_argument("--repo", type=Path, default=REPO, help="import swin_maskrcnn from this source tree")
     ap.add_argument("--mmdet-python", default="/work/mmdet-venv/bin/python",
                     help="the mmdet venv's python (skipped when missing)")
@@ -254,13 +271,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    if args.data is None or not args.data.is_dir():
-        raise SystemExit(f"coco128_seg not found (looked in {[str(p) for p in DATA_CANDIDATES]}); pass --data")
+    ann, images, data_desc = data_files(args.data, args.out.parent)
     import swin_maskrcnn
 
-    log.info("swin_maskrcnn from %s; data %s; torch %s, %d cores", Path(swin_maskrcnn.__file__).parent, args.data,
+    log.info("swin_maskrcnn from %s; data %s; torch %s, %d cores", Path(swin_maskrcnn.__file__).parent, data_desc,
              torch.__version__, os.cpu_count())
-    datasets = {k: our_dataset(args.data, k) for k in args.pipelines}
+    datasets = {k: our_dataset(ann, images, k) for k in args.pipelines}
     n = min(args.images, len(datasets[args.pipelines[0]]))
     tool = first_existing(MMDET_TOOL_CANDIDATES)
     mm: Optional[MmdetProcess] = None
@@ -310,12 +326,13 @@ def main() -> None:
 
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "images": n, "per_worker": per_worker,
               "loader": loader, "goal_per_worker": GOAL_PER_WORKER, "cores": os.cpu_count(),
-              "load_avg": list(os.getloadavg()), "torch": torch.__version__,
+              "load_avg": list(os.getloadavg()), "torch": torch.__version__, "data": data_desc,
               "swin_maskrcnn": str(Path(swin_maskrcnn.__file__).parent)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
 
-    print(f"\nper worker ({n} images x {args.reps} reps, 1 thread, medians; goal >= 1.5x mmdet and >= "
+    print(f"\ndata: {data_desc}")
+    print(f"per worker ({n} images x {args.reps} reps, 1 thread, medians; goal >= 1.5x mmdet and >= "
           f"{GOAL_PER_WORKER:.2f} img/s for 50 img/s on 8 workers)")
     print(f"{'subject':<10} {'img/s':>8} {'ms/img (median)':>16} {'vs mmdet':>9}")
     for s in subjects:
