@@ -185,8 +185,9 @@ def build_train_loader(
     """The training DataLoader: ``SeededSamples(dataset)`` batched by ``sampler`` (a :class:`RunBatchSampler`),
     :func:`collate`, the loader generator seeded with ``seed``. ``pin_memory`` None: pinned when CUDA is
     available (the host-to-GPU copy can then run asynchronously); workers persist across the loader's
-    iterators (``persistent_workers``, with ``num_workers > 0``), so a new iterator (Lightning re-creates
-    it after a validation or on resume) does not re-fork and re-import them."""
+    iterators (``persistent_workers``, with ``num_workers > 0``: a second iterator does not start them
+    again; Lightning shuts them down at the end of ``fit``). Inside a worker the dataset writes each
+    sample's image and masks into shared memory (``coco.output_tensor``), so only file descriptors travel."""
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     if pin_memory is None:
