@@ -396,13 +396,13 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         n = len(recs)
         if n:
             rles = [segm_to_rle(r["segm"], h, w) for r in recs]
-            with warnings.catch_warnings():  # pycocotools vs numpy 2 "copy keyword" deprecation
-                warnings.simplefilter("ignore", DeprecationWarning)
-                decoded = mask_utils.decode(rles)
-                if lazy:
-                    masks = LazyMasks.from_decoded(decoded, mask_utils.toBbox(rles))
-                else:
-                    masks = torch.from_numpy(np.ascontiguousarray(np.transpose(decoded, (2, 0, 1))).astype(np.uint8, copy=False))
+            if lazy:  # each mask decoded inside its box only
+                masks = LazyMasks.from_rles(rles, h, w)
+            else:
+                with warnings.catch_warnings():  # pycocotools vs numpy 2 "copy keyword" deprecation
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    decoded = mask_utils.decode(rles)
+                masks = torch.from_numpy(np.ascontiguousarray(np.transpose(decoded, (2, 0, 1))).astype(np.uint8, copy=False))
             boxes = torch.tensor([r["box"] for r in recs], dtype=torch.float32)
         else:
             masks = torch.zeros((0, h, w), dtype=torch.uint8)

@@ -18,6 +18,7 @@ full-image mask at that size was about two thirds of the per-image time of the d
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -25,6 +26,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
+
+from .rle_box import decode_rle_box
 
 __all__ = ["LazyMasks", "nearest_source_index"]
 
@@ -97,18 +100,29 @@ class LazyMasks:
 
     # ------------------------------------------------------------------------------------ building
     @classmethod
-    def from_decoded(cls, decoded: np.ndarray, boxes_xywh: np.ndarray) -> "LazyMasks":
-        """From pycocotools' ``decode`` output (h, w, N) and ``toBbox`` of the same RLEs (N, 4) x, y, w, h
-        (integers: the tight pixel box; all zeros for an empty mask). Only the box of each mask is copied."""
-        h, w = int(decoded.shape[0]), int(decoded.shape[1])
-        n = int(decoded.shape[2]) if decoded.ndim == 3 else 0
-        boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4).astype(np.int64)
+    def from_rles(cls, rles: Sequence[dict], h: int, w: int) -> "LazyMasks":
+        """From compressed COCO RLEs of an h x w image: each decoded inside its tight box only
+        (:func:`~.rle_box.decode_rle_box`, pycocotools' ``toBbox`` box); an RLE that is not well formed is
+        decoded whole by pycocotools instead and cut to its nonzero pixels."""
+        from pycocotools import mask as mask_utils
+
+        n = len(rles)
         crops, offsets = [], np.zeros((n, 2), dtype=np.int64)
-        for k in range(n):
+        if n == 0:
+            return cls(crops, offsets, np.arange(h, dtype=np.int64), np.arange(w, dtype=np.int64))
+        boxes = np.asarray(mask_utils.toBbox(list(rles)), dtype=np.float64).reshape(-1, 4).astype(np.int64)
+        for k, rle in enumerate(rles):
+            counts = rle["counts"]
+            counts = counts.encode("ascii") if isinstance(counts, str) else counts
             x0, y0, bw, bh = (int(v) for v in boxes[k])
-            x0, y0 = max(x0, 0), max(y0, 0)
-            x1, y1 = min(x0 + bw, w), min(y0 + bh, h)
-            crops.append(np.ascontiguousarray(decoded[y0:max(y1, y0), x0:max(x1, x0), k]))
+            crop = decode_rle_box(counts, h, w, x0, y0, bw, bh) if isinstance(counts, bytes) else None
+            if crop is None:
+                with warnings.catch_warnings():  # pycocotools vs numpy 2 "copy keyword" deprecation
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    full = mask_utils.decode(rle)
+                one = cls.from_dense(full[None, :, :] if full.ndim == 2 else np.transpose(full, (2, 0, 1))[:1])
+                crop, (y0, x0) = one.crops[0], one.offsets[0]
+            crops.append(crop)
             offsets[k] = (y0, x0)
         return cls(crops, offsets, np.arange(h, dtype=np.int64), np.arange(w, dtype=np.int64))
 

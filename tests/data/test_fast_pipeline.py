@@ -28,7 +28,9 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from swin_maskrcnn.data import CocoInstanceDataset, build_test_transforms, build_train_transforms
+from swin_maskrcnn.data import lazy_masks as lazy_masks_module
 from swin_maskrcnn.data.lazy_masks import LazyMasks, nearest_source_index
+from swin_maskrcnn.data.rle_box import decode_rle_box, rle_counts
 from swin_maskrcnn.data.transforms import Compose, RandomHorizontalFlip, Resize, to_float_image, unwrap_target
 from swin_maskrcnn.modeling.preprocess import to_chw_255
 
@@ -280,7 +282,7 @@ def test_nearest_source_index_is_the_dense_resize(src, dst):
         assert np.array_equal(nearest_source_index(src, dst, axis), expect.astype(np.int64))
 
 
-def test_lazy_from_decoded_matches_pycocotools(coco_files):
+def test_lazy_from_rles_matches_pycocotools(coco_files):
     ann, img_dir = coco_files
     ds = CocoInstanceDataset(ann, img_dir)
     for i in range(len(ds)):
@@ -325,3 +327,58 @@ def test_training_loader_with_workers_equals_in_process(coco_files, image_dtype)
             for key in ("boxes", "labels", "masks"):
                 assert torch.equal(ta[key], tb[key])
             assert ta["image_id"] == tb["image_id"]
+
+
+# ---------------------------------------------------------------------------------- RLE inside a box
+def _runs_of(m: np.ndarray) -> np.ndarray:
+    flat = m.flatten(order="F")
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    runs = np.diff(bounds)
+    return np.concatenate([[0], runs]) if flat[0] else runs
+
+
+def test_rle_box_decode_equals_pycocotools():
+    """3000 random masks (empty, full, noisy, blocky) and boxes: the run lengths are pycocotools' and the
+    block is pycocotools' decode cut to the box; a long-run image too (5-group numbers)."""
+    g = np.random.default_rng(5)
+    for _ in range(3000):
+        h, w = int(g.integers(1, 70)), int(g.integers(1, 70))
+        m = (g.random((h, w)) < g.random()).astype(np.uint8)
+        if g.random() < 0.3:
+            m = np.zeros_like(m)
+            m[g.integers(0, h):g.integers(0, h + 1), g.integers(0, w):g.integers(0, w + 1)] = 1
+        if g.random() < 0.05:
+            m[:] = 1
+        rle = mask_utils.encode(np.asfortranarray(m))
+        assert np.array_equal(rle_counts(rle["counts"]), _runs_of(m))
+        x0, y0 = int(g.integers(0, w + 1)), int(g.integers(0, h + 1))
+        bw, bh = int(g.integers(0, w - x0 + 1)), int(g.integers(0, h - y0 + 1))
+        got = decode_rle_box(rle["counts"], h, w, x0, y0, bw, bh)
+        assert got is not None and got.flags.c_contiguous and np.array_equal(got, m[y0:y0 + bh, x0:x0 + bw])
+    m = np.zeros((3000, 4000), np.uint8)
+    m[1000:2500, 100:3900] = 1
+    rle = mask_utils.encode(np.asfortranarray(m))
+    assert np.array_equal(decode_rle_box(rle["counts"], 3000, 4000, 90, 990, 3820, 1520), m[990:2510, 90:3910])
+
+
+def test_rle_box_refuses_what_is_not_a_well_formed_rle():
+    m = np.zeros((6, 5), np.uint8)
+    m[1:4, 2:4] = 1
+    counts = mask_utils.encode(np.asfortranarray(m))["counts"]
+    assert decode_rle_box(counts, 6, 5, 2, 1, 2, 3) is not None
+    assert decode_rle_box(counts, 6, 6, 2, 1, 2, 3) is None  # runs do not add up to h * w
+    assert decode_rle_box(counts + b"o", 6, 5, 2, 1, 2, 3) is None  # a truncated number (0x20 set on the last char)
+    assert rle_counts(b"0") is not None and rle_counts(b"0" + bytes([48 + 0x10])) is None  # a negative run
+    assert decode_rle_box(counts, 6, 5, 4, 1, 2, 3) is None  # box outside the image
+
+
+def test_lazy_from_rles_falls_back_to_pycocotools(monkeypatch):
+    """Where the box decoder refuses, pycocotools decodes (the mask is the same either way here)."""
+    g = np.random.default_rng(8)
+    masks = [(g.random((30, 40)) < p).astype(np.uint8) for p in (0.0, 0.02, 0.5)]
+    rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+    rles[1] = {"size": rles[1]["size"], "counts": rles[1]["counts"].decode("ascii")}  # str counts work too
+    want = torch.from_numpy(np.stack(masks))
+    assert torch.equal(LazyMasks.from_rles(rles, 30, 40).dense(), want)
+    monkeypatch.setattr(lazy_masks_module, "decode_rle_box", lambda *a: None)
+    assert torch.equal(LazyMasks.from_rles(rles, 30, 40).dense(), want)
