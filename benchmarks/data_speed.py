@@ -271,7 +271,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    ann, images, data_desc = data_files(args.data, args.out.parent)
+    ann, images, data_desc = data_files(args.data, REPO / "bench_out" / "data_speed")  # not under --out: 60 MB of PNGs
     import swin_maskrcnn
 
     log.info("swin_maskrcnn from %s; data %s; torch %s, %d cores", Path(swin_maskrcnn.__file__).parent, data_desc,

@@ -15,8 +15,8 @@ to pin and copy to the GPU; training uses it), and ``target`` a dict with
 
 Segmentations may be polygons, compressed RLE or uncompressed RLE (decoded with pycocotools). With
 transforms of :mod:`.transforms` (or none) the masks go through them as :class:`~.lazy_masks.LazyMasks`
-(decoded once at the original size, cut to each instance's box, and written at the final size once:
-bit for bit what the dense masks give); other transforms get the dense masks.
+(each decoded at the original size inside its box only, :mod:`.rle_box`, and written at the final
+size once: bit for bit what the dense masks give); other transforms get the dense masks.
 The box of an instance is the annotation's ``bbox`` (as in mmdet), clipped to the image.
 
 **Crowd annotations** (``iscrowd=1``, and annotations marked ``"ignore": 1``, a common convention)
@@ -139,8 +139,8 @@ def crowd_box(ann: dict, height: int, width: int, ctx: str) -> Optional[list[flo
 def output_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised contiguous CPU tensor for a sample's image or masks. In a DataLoader worker it is
     allocated in shared memory (as torch's ``default_collate`` does for its batches), so that sending it
-    to the main process passes a file descriptor instead of copying it into shared memory there: that copy
-    was 40-60 % of the per-image time of the fast pipeline (``benchmarks/data_speed.py``)."""
+    to the main process passes a file descriptor instead of copying it into shared memory: that copy took
+    about half as long again as computing the sample (3.0 ms median against 6.4 ms, coco128 1x)."""
     if torch.utils.data.get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
     numel = math.prod(shape)
