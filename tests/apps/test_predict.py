@@ -280,18 +280,23 @@ def test_predict_and_evaluate_default_to_auto_precision():
     assert parser.parse_args(["evaluate", "--checkpoint", "c", "--ann", "a", "--images", "i"]).precision == "auto"
 
 
-def test_predictor_precision_bf16_is_the_model_under_autocast_and_auto_is_resolved(ours, inputs, caplog):
-    """``precision='bf16'`` equals ``model.predict`` under bf16 autocast; ``auto`` resolves (and logs) by the CPU."""
+def test_predictor_precision_bf16_is_the_models_bf16_copy_and_auto_is_resolved(ours, inputs, caplog):
+    """``precision='bf16'`` equals ``bf16_copy(model).predict`` and leaves a given model's fp32 weights
+    as they were; ``auto`` resolves (and logs) by the CPU."""
     import logging
 
-    from swin_maskrcnn.modeling.acceleration import cpu_has_native_bf16
+    from swin_maskrcnn.modeling.acceleration import bf16_copy, cpu_has_native_bf16
 
     image = load_rgb_image(inputs["loose"])
     model = load_model(ours)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        (ref,) = model.predict([image])
+    (ref,) = bf16_copy(model).predict([image])
     (got,) = Predictor(ours, device="cpu", precision="bf16").predict(image)
     assert torch.equal(got["boxes"], ref["boxes"]) and torch.equal(got["masks"], ref["masks"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    p = Predictor(model, device="cpu", precision="bf16")
+    (again,) = p.predict(image)
+    assert torch.equal(again["boxes"], ref["boxes"]) and p.runner is not model
+    assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in model.state_dict().items())
     with caplog.at_level(logging.INFO, logger="swin_maskrcnn.modeling.acceleration"):
         p = Predictor(ours, device="cpu", precision="auto")
     assert p.precision == ("bf16" if cpu_has_native_bf16() else "fp32")

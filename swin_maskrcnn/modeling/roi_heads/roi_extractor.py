@@ -3,13 +3,16 @@
 Each RoI goes to level floor(log2(sqrt(w*h) / finest_scale + 1e-6)) clamped to the available levels
 (P2..P5), and is pooled with ``torchvision.ops.roi_align(aligned=True, sampling_ratio=0)`` at that
 level's ``1 / stride``. Output rows follow the input RoI order (not grouped by level), and each
-RoI keeps its batch index.
+RoI keeps its batch index. channels_last maps (a bf16 copy's, ``acceleration.bf16_copy``) are pooled
+by :func:`~.roi_align_nhwc.roi_align_nhwc`, the same function in the maps' dtype and layout.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 from torchvision.ops import roi_align
+
+from .roi_align_nhwc import roi_align_nhwc
 
 
 def map_roi_levels(rois: Tensor, num_levels: int, finest_scale: float = 56.0) -> Tensor:
@@ -49,11 +52,15 @@ class RoIExtractor:
         # Each level's pooled features are written straight into their rows of the one output
         # (mmdet's ``roi_feats[inds] = roi_feats_t``): no concatenated copy, no reordering copy.
         out = feats[0].new_empty(rois.shape[0], feats[0].shape[1], self.output_size, self.output_size)
+        nhwc = feats[0].is_contiguous(memory_format=torch.channels_last) and not feats[0].is_contiguous()
         boxes = rois.to(feats[0].dtype)
         unused = []
         for lvl, idx in enumerate(order.split(counts)):
             if counts[lvl] == 0:
                 unused.append(lvl)
+                continue
+            if nhwc:  # a bf16 copy's channels_last maps: pooled in their dtype, written into out's rows
+                roi_align_nhwc(feats[lvl], rois[idx].float(), out, idx, 1.0 / self.strides[lvl])
                 continue
             pooled = roi_align(
                 feats[lvl], boxes[idx], self.output_size, spatial_scale=1.0 / self.strides[lvl], sampling_ratio=0,

@@ -48,6 +48,17 @@ class RoITargets:
         return self.labels[: self.num_pos]
 
 
+def roi_align_inputs(feats: list[Tensor]) -> list[Tensor]:
+    """The maps RoIAlign pools at inference: fp32 copies of NCHW bf16 maps on the CPU (bf16
+    autocast's), where torchvision's ``roi_align`` has no bf16 kernel (made once for the box and the
+    mask extractor; the pooled features go back to the heads' dtype), else ``feats`` themselves
+    (fp32 maps, and a bf16 copy's channels_last maps, which ``RoIExtractor`` pools in bf16)."""
+    f = feats[0] if feats else None
+    if f is not None and f.dtype == torch.bfloat16 and f.device.type == "cpu" and f.is_contiguous():
+        return [m.float() for m in feats]
+    return feats
+
+
 class RoIHead(nn.Module):
     """Box and mask heads on the proposals (mmdet StandardRoIHead).
 
@@ -203,8 +214,11 @@ class RoIHead(nn.Module):
         postprocess step.
         """
         cfg = self.cfg
+        dtype = feats[0].dtype  # the heads' dtype: the FPN's (bf16 for a bf16 model)
+        pool = roi_align_inputs(feats)
         rois = boxes_to_rois([p[:, :4] for p in proposals])
-        cls_score, bbox_pred = self.bbox_head(self.bbox_roi_extractor(feats, rois))
+        cls_score, bbox_pred = self.bbox_head(self.bbox_roi_extractor(pool, rois).to(dtype))
+        bbox_pred = bbox_pred.float()  # decoded in fp32 (the scores: ``class_scores``)
         counts = [p.shape[0] for p in proposals]
         dets = []
         for img, (cs, bp, r) in enumerate(zip(cls_score.split(counts), bbox_pred.split(counts), rois.split(counts))):
@@ -212,8 +226,8 @@ class RoIHead(nn.Module):
                 r, cs, bp, image_sizes[img], cfg.score_thr, cfg.nms_iou, cfg.max_per_img, score_thrs
             )
             dets.append({"boxes": boxes, "scores": scores, "labels": labels})
-        mask_feats = self.mask_roi_extractor(feats, boxes_to_rois([d["boxes"] for d in dets]))
+        mask_feats = self.mask_roi_extractor(pool, boxes_to_rois([d["boxes"] for d in dets])).to(dtype)
         mask_logits = self.mask_head(mask_feats, torch.cat([d["labels"] for d in dets]))  # each detection's class only
         for det, logits in zip(dets, mask_logits.split([d["boxes"].shape[0] for d in dets])):
-            det["mask_probs"] = logits.sigmoid()
+            det["mask_probs"] = logits.float().sigmoid()
         return dets
