@@ -155,6 +155,19 @@ def test_predict_with_a_swin_v2_checkpoint(inputs, tmp_path):
         _check_against_model(per[str(folder / name)], model, folder / name, SCALE, {0: 3, 1: 7}.__getitem__)
 
 
+def test_predict_cli_precision_bf16_runs_the_bf16_copy(ours, inputs, tmp_path):
+    """``--precision bf16`` writes what ``Predictor(precision='bf16')`` returns, which is not fp32's."""
+    image = str(inputs["folder"] / "a_rgb.png")
+    out = tmp_path / "bf.json"
+    assert main(["predict", "--checkpoint", str(ours), "--out", str(out), "--no-progress", "--precision", "bf16",
+                 "--device", "cpu", image]) == 0
+    got = [r["score"] for r in json.loads(out.read_text())]
+    (bf,) = Predictor(ours, device="cpu", precision="bf16").predict(image)
+    (fp,) = Predictor(ours, device="cpu", precision="fp32").predict(image)
+    assert got == pytest.approx(bf["scores"].tolist(), abs=1e-6)
+    assert len(got) == len(fp["scores"]) and got != pytest.approx(fp["scores"].tolist(), abs=1e-6)
+
+
 def test_max_per_img_and_score_thr(ours, inputs, tmp_path):
     image = str(inputs["folder"] / "a_rgb.png")
     out = tmp_path / "p.json"
