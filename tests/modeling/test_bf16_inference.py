@@ -87,6 +87,17 @@ def test_bf16_detections_match_fp32_on_a_tiny_seeded_model():
     assert (inter / union.clamp(min=1))[union > 0].min() >= 0.9
 
 
+def test_swin_v2_bf16_copy_detects_like_fp32():
+    torch.manual_seed(0)
+    model = SwinMaskRCNN(tiny_model_config(num_classes=3, backbone_version=2, window_size=4)).eval()
+    with torch.no_grad():
+        model.roi_head.bbox_head.fc_cls.weight.mul_(10.0)
+        (ref,) = model([scene()])
+        (got,) = bf16_copy(model)([scene()])
+    iou = box_iou(ref["boxes"][:10], got["boxes"]).max(1).values
+    assert got["boxes"].dtype == torch.float32 and iou.median() >= 0.95 and (iou >= 0.8).all()  # 1 thread: 8 of 10 >= 0.997
+
+
 def test_fpn_maps_of_the_copy_are_the_fp32_maps_to_bf16_accuracy():
     model = tiny_model()
     x = model.preprocess([scene() * 255]).tensor

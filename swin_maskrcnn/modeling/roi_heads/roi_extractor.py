@@ -22,6 +22,12 @@ def map_roi_levels(rois: Tensor, num_levels: int, finest_scale: float = 56.0) ->
     return lvls.clamp(min=0, max=num_levels - 1).long()
 
 
+def pools_nhwc(feat: Tensor) -> bool:
+    """Whether :class:`RoIExtractor` pools ``feat`` with :func:`~.roi_align_nhwc.roi_align_nhwc`: a
+    channels_last map on the CPU (a bf16 copy's), where torchvision's kernel has no bf16 and reads NCHW."""
+    return feat.device.type == "cpu" and feat.is_contiguous(memory_format=torch.channels_last) and not feat.is_contiguous()
+
+
 def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
     """Per-image (K_i, 4) boxes -> (sum K_i, 5) RoIs with the image index in column 0."""
     rois = [torch.cat([b.new_full((b.shape[0], 1), float(i)), b[:, :4]], dim=1) for i, b in enumerate(boxes)]
@@ -52,7 +58,7 @@ class RoIExtractor:
         # Each level's pooled features are written straight into their rows of the one output
         # (mmdet's ``roi_feats[inds] = roi_feats_t``): no concatenated copy, no reordering copy.
         out = feats[0].new_empty(rois.shape[0], feats[0].shape[1], self.output_size, self.output_size)
-        nhwc = feats[0].is_contiguous(memory_format=torch.channels_last) and not feats[0].is_contiguous()
+        nhwc = pools_nhwc(feats[0])
         boxes = rois.to(feats[0].dtype)
         unused = []
         for lvl, idx in enumerate(order.split(counts)):

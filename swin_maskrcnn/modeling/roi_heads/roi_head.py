@@ -18,7 +18,7 @@ from ..assigner import MaxIoUAssigner
 from .bbox_head import BBoxHead
 from ..config import ModelConfig
 from .mask_head import MaskHead
-from .roi_extractor import RoIExtractor, boxes_to_rois
+from .roi_extractor import RoIExtractor, boxes_to_rois, pools_nhwc
 from ..sampler import ChoiceFn, RandomSampler, SamplingResult
 
 ROI_STRIDES = [4, 8, 16, 32]
@@ -49,12 +49,13 @@ class RoITargets:
 
 
 def roi_align_inputs(feats: list[Tensor]) -> list[Tensor]:
-    """The maps RoIAlign pools at inference: fp32 copies of NCHW bf16 maps on the CPU (bf16
-    autocast's), where torchvision's ``roi_align`` has no bf16 kernel (made once for the box and the
-    mask extractor; the pooled features go back to the heads' dtype), else ``feats`` themselves
-    (fp32 maps, and a bf16 copy's channels_last maps, which ``RoIExtractor`` pools in bf16)."""
+    """The maps RoIAlign pools at inference: fp32 copies of bf16 maps that torchvision's
+    ``roi_align`` would pool (NCHW ones under autocast: its CPU kernel has no bf16; on a GPU the RoI
+    coordinates would be rounded to bf16 with them), made once for the box and the mask extractor
+    (the pooled features go back to the heads' dtype); else ``feats`` themselves (fp32 maps, and a
+    bf16 copy's channels_last CPU maps, which ``RoIExtractor`` pools in bf16, ``pools_nhwc``)."""
     f = feats[0] if feats else None
-    if f is not None and f.dtype == torch.bfloat16 and f.device.type == "cpu" and f.is_contiguous():
+    if f is not None and f.dtype == torch.bfloat16 and not pools_nhwc(f):
         return [m.float() for m in feats]
     return feats
 
