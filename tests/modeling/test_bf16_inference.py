@@ -183,3 +183,24 @@ def test_extractor_pools_channels_last_bf16_maps_like_fp32():
     got = ext([f.bfloat16().contiguous(memory_format=torch.channels_last) for f in feats], rois)
     assert got.dtype == torch.bfloat16 and got.shape == ref.shape
     assert (got.float() - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+def test_extractor_leaves_maps_that_need_a_gradient_to_torchvision(monkeypatch):
+    """Training: channels_last maps that require grad take torchvision's kernel (one backward op,
+    not the per-RoI matmuls'); without grad they take the NHWC path."""
+    import swin_maskrcnn.modeling.roi_heads.roi_extractor as extractor_module
+
+    calls = []
+    real = extractor_module.roi_align_nhwc
+    monkeypatch.setattr(extractor_module, "roi_align_nhwc", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    feats = [torch.randn(1, 8, 64 // s, 96 // s).contiguous(memory_format=torch.channels_last) for s in (4, 8, 16, 32)]
+    rois = rois_for(40, 16, 24, 4.0, batch=1)
+    ext = RoIExtractor(7, [4, 8, 16, 32])
+    ref = ext([f.contiguous() for f in feats], rois)
+    out = ext([f.requires_grad_() for f in feats], rois)
+    assert not calls and out.requires_grad
+    torch.testing.assert_close(out, ref)
+    with torch.no_grad():
+        torch.testing.assert_close(ext(feats, rois), ref, atol=1e-5, rtol=1e-5)
+    assert calls

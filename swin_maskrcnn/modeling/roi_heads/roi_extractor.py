@@ -24,8 +24,11 @@ def map_roi_levels(rois: Tensor, num_levels: int, finest_scale: float = 56.0) ->
 
 def pools_nhwc(feat: Tensor) -> bool:
     """Whether :class:`RoIExtractor` pools ``feat`` with :func:`~.roi_align_nhwc.roi_align_nhwc`: a
-    channels_last map on the CPU (a bf16 copy's), where torchvision's kernel has no bf16 and reads NCHW."""
-    return feat.device.type == "cpu" and feat.is_contiguous(memory_format=torch.channels_last) and not feat.is_contiguous()
+    channels_last map on the CPU (a bf16 copy's), where torchvision's kernel has no bf16 and reads
+    NCHW, at inference (its per-RoI matmuls would make a slow backward: training takes torchvision's)."""
+    training = torch.is_grad_enabled() and feat.requires_grad
+    return (not training and feat.device.type == "cpu"
+            and feat.is_contiguous(memory_format=torch.channels_last) and not feat.is_contiguous())
 
 
 def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
