@@ -33,7 +33,6 @@ def predict_coco_results_large(
     from tqdm.auto import tqdm
 
     from ..evaluation import _find_coco_dataset
-
     from ..modeling.acceleration import inference_model
 
     base = _find_coco_dataset(dataset)

@@ -15,7 +15,8 @@ the summed sample weights of each output row over the map rows (divided by ``gri
 likewise over columns: ``AY @ window`` then ``AX @ that``, where the window is the RoI's rows and
 columns of the NHWC map (a view, no copy). The weights are computed in fp32 with torchvision's
 expressions; the matmuls run in the map's dtype (in fp32 the result equals torchvision's to
-~1e-6, tests/modeling/test_roi_align_nhwc.py).
+~1e-6, tests/modeling/test_bf16_inference.py). Inference only: ``RoIExtractor`` leaves maps that
+need a gradient to torchvision's kernel (``roi_extractor.pools_nhwc``).
 """
 from __future__ import annotations
 
