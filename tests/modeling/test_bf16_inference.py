@@ -204,3 +204,33 @@ def test_extractor_leaves_maps_that_need_a_gradient_to_torchvision(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(ext(feats, rois), ref, atol=1e-5, rtol=1e-5)
     assert calls
+
+
+@pytest.mark.parametrize("layout", ["spread", "piled_best", "all_piled"])
+def test_top_first_nms_equals_batched_nms(layout, monkeypatch):
+    """The bf16 path's NMS is the first k of torchvision's ``batched_nms`` (20 classes, 8000 boxes,
+    distinct random scores, so no ties). ``piled_best``: the 3000 best-scoring boxes lie on top of
+    each other, so the first 1001 candidates keep fewer than k and the threshold is lowered once;
+    ``all_piled``: fewer than k are kept at all, so it ends with all candidates."""
+    import swin_maskrcnn.modeling.roi_heads.bbox_head as bbox_head_module
+    from torchvision.ops import batched_nms
+
+    calls = []
+    monkeypatch.setattr(bbox_head_module, "batched_nms", lambda b, s, lb, i: calls.append(len(s)) or batched_nms(b, s, lb, i))
+    g = torch.Generator().manual_seed(0)
+    n = 8000
+    ctr = torch.rand(n, 2, generator=g) * 600 + 100
+    wh = torch.rand(n, 2, generator=g) * 80 + 10
+    scores = torch.rand(n, generator=g)
+    piled = torch.zeros(n, dtype=torch.bool) if layout == "spread" else torch.ones(n, dtype=torch.bool)
+    if layout == "piled_best":
+        piled = scores >= scores.topk(3000).values[-1]
+    ctr[piled] = 300 + torch.rand(int(piled.sum()), 2, generator=g) * 3
+    wh[piled] = 50
+    boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], 1)
+    labels = torch.randint(0, 20, (n,), generator=g)
+    ref = batched_nms(boxes, scores, labels, 0.5)[:100]
+    assert torch.equal(bbox_head_module.top_first_nms(boxes, scores, labels, 0.5, 100), ref)
+    assert calls == {"spread": [1001], "piled_best": [1001, 4004], "all_piled": [1001, 4004, n]}[layout]
+    small = bbox_head_module.top_first_nms(boxes[:500], scores[:500], labels[:500], 0.5, 100)
+    assert torch.equal(small, batched_nms(boxes[:500], scores[:500], labels[:500], 0.5)[:100])  # few: batched_nms itself

@@ -220,11 +220,12 @@ class RoIHead(nn.Module):
         rois = boxes_to_rois([p[:, :4] for p in proposals])
         cls_score, bbox_pred = self.bbox_head(self.bbox_roi_extractor(pool, rois).to(dtype))
         bbox_pred = bbox_pred.float()  # decoded in fp32 (the scores: ``class_scores``)
+        top_first = dtype == torch.bfloat16  # bf16: NMS on the best candidates first (BBoxHead.predict)
         counts = [p.shape[0] for p in proposals]
         dets = []
         for img, (cs, bp, r) in enumerate(zip(cls_score.split(counts), bbox_pred.split(counts), rois.split(counts))):
             boxes, scores, labels = self.bbox_head.predict(
-                r, cs, bp, image_sizes[img], cfg.score_thr, cfg.nms_iou, cfg.max_per_img, score_thrs
+                r, cs, bp, image_sizes[img], cfg.score_thr, cfg.nms_iou, cfg.max_per_img, score_thrs, top_first
             )
             dets.append({"boxes": boxes, "scores": scores, "labels": labels})
         mask_feats = self.mask_roi_extractor(pool, boxes_to_rois([d["boxes"] for d in dets])).to(dtype)
