@@ -12,9 +12,10 @@ part and bf16 inference.
   parts (backbone, FPN, RPN convs, box head FCs, mask head convs) and RoIAlign
   (``roi_heads/roi_align_nhwc.py``) then run in bf16 without autocast; the model's own code casts
   to fp32 where bf16 would cost accuracy: RPN scores and deltas before decoding and NMS, the box
-  head's scores and deltas, the mask logits. The fp32 model is never modified and its path is
-  unchanged (those casts are no-ops in fp32). Measured on Swin-T at 1 thread: 3.4-3.8x faster than
-  fp32, 1.75-1.8x faster than autocast's per-op casts (``docs/performance.md``).
+  head's scores and deltas, the mask logits; its box-head NMS takes the best candidates first
+  (``bbox_head.top_first_nms``). The fp32 model is never modified and its path is unchanged (those
+  casts are no-ops in fp32). Measured on Swin-T at 1 thread: 3.6-3.9x faster than fp32, 1.8-1.9x
+  faster than autocast's per-op casts (``docs/performance.md``).
 * :func:`inference_autocast` is ``torch.autocast`` with bf16 on the model's device, or a no-op: the
   per-call autocast path, kept for comparison (``benchmarks/backend_speed.py``).
 * :func:`resolve_precision` turns ``precision="auto"`` into ``"bf16"`` where the hardware executes
