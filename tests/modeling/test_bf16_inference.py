@@ -3,7 +3,8 @@
 The copy's detections are compared with the fp32 model's on a tiny seeded model whose class
 scores are made far apart (random weights give near-uniform scores, which any rounding reorders),
 the fp32 model is checked to be left as it was, and the pieces the copy runs through that the fp32
-path does not (the channels_last FPN add, the mask head's channels_last logits, the NHWC RoIAlign)
+path does not (the channels_last FPN add, the mask head's channels_last logits, the NHWC RoIAlign,
+the top-first NMS)
 are each compared with the fp32 path's own function.
 """
 from __future__ import annotations
