@@ -1,13 +1,16 @@
-"""One model, one image, one thread: torch fp32 / bf16 autocast, onnxruntime, OpenVINO fp32 / bf16.
+"""One model, one image, one thread: torch fp32 / bf16 / bf16 autocast, onnxruntime, OpenVINO fp32 / bf16.
 
     python benchmarks/backend_speed.py                      # Swin-T, 800x1216, 3 alternating repetitions
     python benchmarks/backend_speed.py --checkpoint model_final.pt --reps 5
+    python benchmarks/backend_speed.py --malloc keep        # glibc malloc as the CLI sets it
 
 The model is a full Swin-T Mask R-CNN (80 classes; seeded random weights unless ``--checkpoint``),
 with ``roi.score_thr = 0`` so that every subject returns ``max_per_img`` = 100 detections and runs
 the mask head on them. It is exported once with ``export_onnx`` and ``export_openvino`` (the IR
 converted from that ONNX graph) into a temporary folder. Every subject gets speed.py's first
-synthetic 800x1216 scene at its own size (no resize): torch ``model.predict(resize=False)``,
+synthetic 800x1216 scene at its own size (no resize): torch ``model.predict(resize=False)`` (fp32;
+bf16: the bf16 copy ``--precision bf16`` runs, ``acceleration.bf16_copy``, converted once before
+timing; bf16_autocast: the fp32 model under ``torch.autocast``, the path before that copy),
 ``OnnxPredictor`` / ``OpenVinoPredictor`` with 1 thread. Each repetition runs every subject once
 in turn (the order reversed every other repetition); the warm-up call is excluded; the figure is
 the median of process CPU time (the machine may be shared; the ratios are within one run). Also
@@ -31,9 +34,10 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from speed import make_scenes  # noqa: E402
+from speed import apply_malloc, make_scenes  # noqa: E402
 
 from swin_maskrcnn import SwinMaskRCNN, load_model  # noqa: E402
+from swin_maskrcnn.modeling.acceleration import bf16_copy  # noqa: E402
 from swin_maskrcnn.modeling.config import ModelConfig  # noqa: E402
 
 
@@ -42,9 +46,14 @@ def main() -> int:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--subjects", nargs="+", default=["torch_fp32", "torch_bf16", "onnxruntime", "openvino_fp32",
-                                                       "openvino_bf16"])
+    ap.add_argument("--malloc", choices=["system", "keep"], default="system",
+                    help="glibc malloc: its defaults, or keep freed memory for reuse as the swin-maskrcnn CLI does "
+                         "(swin_maskrcnn.runtime.keep_freed_memory; no page faults on every large tensor). OpenVINO "
+                         "and onnxruntime allocate on their own")
+    ap.add_argument("--subjects", nargs="+", default=["torch_fp32", "torch_bf16", "torch_bf16_autocast", "onnxruntime",
+                                                       "openvino_fp32", "openvino_bf16"])
     args = ap.parse_args()
+    apply_malloc(args.malloc)
     torch.set_num_threads(args.threads)
     if args.checkpoint:
         model = load_model(args.checkpoint, roi={"score_thr": 0.0, "max_per_img": 100})
@@ -70,11 +79,12 @@ def main() -> int:
     print(f"exports: {time.perf_counter() - t:.0f} s")
     for s in args.subjects:
         if s.startswith("torch"):
-            prec = s.split("_")[1]
+            autocast = s == "torch_bf16_autocast"
+            net = bf16_copy(model) if s == "torch_bf16" else model
 
-            def run(prec=prec):
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
-                    (o,) = model.predict([image], resize=False)
+            def run(net=net, autocast=autocast):
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    (o,) = net.predict([image], resize=False)
                 return {"labels": o["labels"].numpy(), "boxes": o["boxes"].float().numpy()}
         elif s == "onnxruntime":
             from swin_maskrcnn.apps.onnx_runtime import OnnxPredictor
@@ -93,8 +103,9 @@ def main() -> int:
             times[s].append(time.process_time() - c)
     med = {s: statistics.median(v) for s, v in times.items()}
     ref = outs.get("torch_fp32")
-    peer = {"torch_fp32": "openvino_fp32", "torch_bf16": "openvino_bf16", "onnxruntime": "openvino_fp32"}
-    print(f"\n{image.shape[0]}x{image.shape[1]}, {args.threads} thread(s), medians of {args.reps} (CPU s)\n")
+    peer = {"torch_fp32": "openvino_fp32", "torch_bf16": "openvino_bf16", "torch_bf16_autocast": "openvino_bf16",
+            "onnxruntime": "openvino_fp32"}
+    print(f"\n{image.shape[0]}x{image.shape[1]}, {args.threads} thread(s), medians of {args.reps} (CPU s), malloc {args.malloc}\n")
     print("| subject | CPU s | vs torch fp32 | vs OpenVINO same precision | labels = torch fp32 | max box diff px |")
     print("|---|---|---|---|---|---|")
     for s in subjects:

@@ -1,7 +1,7 @@
-"""Where bf16 inference time goes: torch.profiler under bf16 autocast vs OpenVINO's per-layer counters,
+"""Where bf16 inference time goes: torch.profiler of the bf16 copy (or under bf16 autocast) vs OpenVINO's per-layer counters,
 same Swin-T model (seeded random weights, score_thr 0: 100 detections), same 800x1216 image, 1 thread.
 
-    python benchmarks/profile_bf16.py [--top 15]
+    python benchmarks/profile_bf16.py [--top 15] [--mode copy|autocast|fp32]
 
 Torch: self CPU time per operator of one profiled ``model.predict(resize=False)`` (after a warm-up),
 with the input dtypes of the convolutions / matmuls, so fp32 fallbacks show. OpenVINO: the IR
@@ -34,6 +34,9 @@ from swin_maskrcnn.modeling.config import ModelConfig  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--mode", choices=["copy", "autocast", "fp32"], default="copy",
+                    help="copy: the bf16 copy --precision bf16 runs (acceleration.bf16_copy); autocast: the fp32 model "
+                         "under torch.autocast (the path before it); fp32: the fp32 model against OpenVINO fp32")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -42,9 +45,15 @@ def main() -> int:
     model = SwinMaskRCNN(cfg).eval()
     image = make_scenes(1)["images"][0]
 
+    net = model
+    if args.mode == "copy":
+        from swin_maskrcnn.modeling.acceleration import bf16_copy
+
+        net = bf16_copy(model)
+
     def run():
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            return model.predict([image], resize=False)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.mode == "autocast"):
+            return net.predict([image], resize=False)
 
     run()
     from torch.profiler import ProfilerActivity, profile
@@ -53,7 +62,7 @@ def main() -> int:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         run()
     total = time.process_time() - c
-    print(f"torch bf16 autocast: {total:.2f} CPU-s profiled (profiler overhead included)\n")
+    print(f"torch {args.mode}: {total:.2f} CPU-s profiled (profiler overhead included)\n")
     print("| operator | self CPU s | share | calls |")
     print("|---|---|---|---|")
     ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
@@ -96,11 +105,12 @@ def main() -> int:
 
     from swin_maskrcnn.apps.openvino_export import export_openvino
 
+    ov_hint = "f32" if args.mode == "fp32" else "bf16"
     with tempfile.TemporaryDirectory() as tmp:
         xml = export_openvino(model, Path(tmp) / "model.xml")
         core = ov.Core()
         compiled = core.compile_model(core.read_model(str(xml)), "CPU", {"INFERENCE_NUM_THREADS": "1",
-                                      "INFERENCE_PRECISION_HINT": "bf16", "PERF_COUNT": "YES"})
+                                      "INFERENCE_PRECISION_HINT": ov_hint, "PERF_COUNT": "YES"})
         req = compiled.create_infer_request()
         inp = {"image": np.ascontiguousarray(image.transpose(2, 0, 1))}
         req.infer(inp)
@@ -112,7 +122,7 @@ def main() -> int:
         for p in req.profiling_info:
             by_type[p.node_type] += p.real_time.total_seconds()
             prec[p.node_type].add(p.exec_type)
-    print(f"\nOpenVINO bf16: {ov_total:.2f} CPU-s for one request\n")
+    print(f"\nOpenVINO {ov_hint}: {ov_total:.2f} CPU-s for one request\n")
     print("| layer type | s | share | kernels (exec_type) |")
     print("|---|---|---|---|")
     tot = sum(by_type.values())

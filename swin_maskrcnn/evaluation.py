@@ -243,11 +243,12 @@ def predict_coco_results(
     ``indices``, ``batch_size`` images per call in the order given. Returns ``(results, image_ids,
     counts)``: COCO result dicts, the image ids predicted and, per image, the number of
     predictions with score >= ``score_thr``. One rank's share of a distributed evaluation.
-    ``precision='bf16'`` runs the model under bf16 autocast (:func:`inference_autocast`); ``'auto'``
-    picks bf16 or fp32 for the model's device (:func:`~swin_maskrcnn.modeling.acceleration.resolve_precision`)."""
+    ``precision='bf16'`` runs a bf16 copy of the model (:func:`~swin_maskrcnn.modeling.acceleration.inference_model`,
+    converted once here; ``model`` is not modified); ``'auto'`` picks bf16 or fp32 for the model's
+    device (:func:`~swin_maskrcnn.modeling.acceleration.resolve_precision`)."""
     from tqdm.auto import tqdm
 
-    from .modeling.acceleration import inference_autocast, resolve_precision
+    from .modeling.acceleration import inference_model, resolve_precision
 
     base = _find_coco_dataset(dataset)
     subset = torch.utils.data.Subset(dataset, list(indices))
@@ -259,6 +260,7 @@ def predict_coco_results(
     precision = resolve_precision(precision, device)
     was_training = model.training
     model.eval()
+    runner = inference_model(model, precision)
     results: list[dict] = []
     image_ids: list[int] = []
     counts: list[int] = []
@@ -267,8 +269,7 @@ def predict_coco_results(
             for images, targets in loader:
                 images = [im.to(device) for im in images]
                 sizes = [tuple(int(v) for v in t["orig_size"]) for t in targets]
-                with inference_autocast(device, precision):  # type: ignore[arg-type]
-                    outputs = model(images, original_sizes=sizes)
+                outputs = runner(images, original_sizes=sizes)
                 outputs = [{k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in o.items()} for o in outputs]
                 ids = [int(t["image_id"]) for t in targets]
                 results.extend(predictions_to_coco_results(outputs, ids, base.label_to_cat_id))
@@ -321,7 +322,7 @@ def evaluate_model(
     transforms. Returns ``(metrics, results)``: ``metrics`` as :func:`evaluate_coco` plus
     ``num_images`` and ``mean_num_predictions`` (mean per image of the predictions with score >=
     ``score_thr``); ``results`` the COCO result dicts. The model's train/eval mode is restored.
-    ``precision='bf16'`` runs the model under bf16 autocast (:func:`inference_autocast`).
+    ``precision='bf16'`` runs a bf16 copy of the model (see :func:`predict_coco_results`).
     """
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     results, image_ids, counts = predict_coco_results(model, dataset, range(n), batch_size=batch_size,

@@ -123,6 +123,38 @@ def test_evaluate_model_with_a_perfect_fake_model():
     assert flat["segm/AP"] == pytest.approx(1.0) and "bbox/AR@100" in flat
 
 
+def test_evaluate_model_bf16_runs_a_bf16_copy_and_leaves_the_model_fp32():
+    """``precision='bf16'``: the model called is a bf16 copy (converted once, the given model untouched)."""
+    ds = CocoInstanceDataset(
+        COCO128 / "annotations/val.json", COCO128 / "images", transforms=build_test_transforms((1333, 800))
+    )
+    raw = CocoInstanceDataset(COCO128 / "annotations/val.json", COCO128 / "images")
+
+    class PerfectModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+            self.calls = 0
+            self.dtypes = []
+
+        def forward(self, images, original_sizes=None):
+            outs = []
+            for _ in images:
+                self.dtypes.append(self.w.dtype)
+                t = raw.get_raw_target(self.calls)
+                n = len(t["labels"])
+                outs.append({"boxes": t["boxes"], "scores": torch.ones(n), "labels": t["labels"], "masks": t["masks"].bool()})
+                self.calls += 1
+            return outs
+
+    model = PerfectModel()
+    metrics, _ = evaluate_model(model, ds, batch_size=1, max_images=3, progress=False, precision="bf16")
+    assert model.calls == 0 and model.w.dtype == torch.float32 and float(model.w) == 1.0  # the copy ran
+    assert metrics["num_images"] == 3 and metrics["bbox"]["AP"] == pytest.approx(1.0)
+    evaluate_model(model, ds, batch_size=1, max_images=2, progress=False, precision="fp32")
+    assert model.dtypes == [torch.float32, torch.float32]
+
+
 # ---------------------------------------------------------------------------------- synthetic
 def _synthetic_gt() -> COCO:
     """Two 40x50 images; categories 5 (a) and 9 (b) and 12 (c, no instance); a crowd region."""

@@ -49,7 +49,7 @@ def register_subcommand(sub: Any) -> None:
                    help="test resize (default: the checkpoint's model.test_scale)")
     p.add_argument("--no-resize", action="store_true", help="feed images at their own size")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="bf16: run the model under bf16 autocast (see docs/performance.md for the AP change); auto: bf16 "
+                   help="bf16: run a bf16 copy of the model (see docs/performance.md for the AP change); auto: bf16 "
                         "on a CPU with AMX-BF16 / AVX512-BF16 or a CUDA GPU with bf16, fp32 elsewhere (logged)")
     p.add_argument("--compile", choices=list(COMPILE_MODES), default=None,
                    help="torch.compile the backbone and FPN with this mode (compiles on the first images)")
@@ -71,7 +71,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..coco_results import save_results_json
     from ..evaluation import evaluate_model
     from ..io_utils import atomic_write, json_ready
-    from ..modeling.acceleration import compile_dense
+    from ..modeling.acceleration import compile_dense, inference_model
 
     from ..inference import options
 
@@ -84,6 +84,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     require_instances(dataset, "--ann")
     model, cfg, meta = load_checkpoint(args.checkpoint, map_location=default_device(args.device),
                                        **({"roi": roi} if roi else {}))
+    model = inference_model(model, args.precision)  # bf16: converted once, before any compile
     compile_dense(model, args.compile)
     if args.max_dets is None:
         args.max_dets = cfg.eval_max_dets() or [1, 10, 100]

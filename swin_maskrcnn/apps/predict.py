@@ -101,7 +101,8 @@ class Predictor:
     ``scale``: ``"model"`` (the model's test scale), a (long, short) pair, or None (no resize).
     The model is moved to ``device`` (default: cuda when available) and put in eval mode.
 
-    ``precision``: ``fp32``, ``bf16`` (autocast on the torch backend; OpenVINO's inference precision)
+    ``precision``: ``fp32``, ``bf16`` (torch: a bf16 copy of the model, converted once,
+    :func:`~swin_maskrcnn.modeling.acceleration.inference_model`; OpenVINO's inference precision)
     or ``auto`` (bf16 where the device computes it natively, see
     :func:`~swin_maskrcnn.modeling.acceleration.resolve_precision`; the CLI's default).
     ``backend``: ``torch`` (a model or checkpoint), or an exported graph file run by ``onnxruntime``
@@ -151,7 +152,7 @@ class Predictor:
                 raise ValueError(f"slicing / tta run the torch model; backend {backend!r} runs an exported graph")
             self._init_graph(model_or_path, device, batch_size, scale, precision, threads, overrides)
             return
-        from ..modeling.acceleration import resolve_precision
+        from ..modeling.acceleration import inference_model, resolve_precision
 
         if isinstance(model_or_path, (str, os.PathLike)):
             from ..checkpoint.loader import load_checkpoint
@@ -166,6 +167,7 @@ class Predictor:
         self.device = default_device(device)
         self.model = model.to(self.device).eval()
         self.precision = resolve_precision(precision, self.device)
+        self.runner = inference_model(self.model, self.precision)  # what runs: the model or its bf16 copy
         self.batch_size = int(batch_size)
         if isinstance(scale, str):
             if scale != "model":
@@ -251,8 +253,8 @@ class Predictor:
 
         outs = []
         for im in images:
-            inst = predict_instances(self.model, im, self.slicing, self.tta, test_scale=self.scale,
-                                     progress=self.progress)
+            inst = predict_instances(self.runner, im, self.slicing, self.tta, test_scale=self.scale,
+                                     precision=self.precision, progress=self.progress)
             thr = float(self.model.cfg.roi.mask_thr)
             size = (int(im.shape[0]), int(im.shape[1])) if isinstance(im, np.ndarray) else (int(im.shape[1]), int(im.shape[2]))
             outs.append({"boxes": inst.boxes, "scores": inst.scores, "labels": inst.labels,
@@ -266,10 +268,7 @@ class Predictor:
         elif self.graph is not None:
             outs = [self._graph_predict(im) for im in images]
         else:
-            from ..modeling.acceleration import inference_autocast
-
-            with inference_autocast(self.device, self.precision):
-                outs = self.model.predict(images, resize=self.scale is not None, scale=self.scale)
+            outs = self.runner.predict(images, resize=self.scale is not None, scale=self.scale)
         results = []
         for out, name, arr in zip(outs, names, images):
             r = {k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in out.items()}
@@ -409,7 +408,7 @@ def register_subcommand(sub: Any) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from OUT.partial (the images it holds are not predicted again)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="bf16: bf16 autocast (torch) or OpenVINO's bf16 inference precision; auto: bf16 on a CPU with "
+                   help="bf16: a bf16 copy of the model (torch) or OpenVINO's bf16 inference precision; auto: bf16 on a CPU with "
                         "AMX-BF16 / AVX512-BF16 or a CUDA GPU with bf16, fp32 elsewhere (logged); onnxruntime: fp32")
     p.add_argument("--backend", choices=list(BACKENDS), default="torch",
                    help="what runs the network: torch (--checkpoint: any checkpoint), onnxruntime (--checkpoint: a .onnx "

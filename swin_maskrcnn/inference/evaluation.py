@@ -33,10 +33,12 @@ def predict_coco_results_large(
     from tqdm.auto import tqdm
 
     from ..evaluation import _find_coco_dataset
+    from ..modeling.acceleration import inference_model
 
     base = _find_coco_dataset(dataset)
     was_training = model.training
     model.eval()
+    runner = inference_model(model, precision)  # a bf16 copy made once, not per image
     thr = float(model.cfg.roi.mask_thr)
     results: list[dict] = []
     image_ids: list[int] = []
@@ -47,7 +49,7 @@ def predict_coco_results_large(
                 image = base.load_image(i)
                 img_id = int(base.img_ids[i])
                 h, w = image.shape[:2]
-                inst = predict_instances(model, image, slicing, tta, test_scale=test_scale, precision=precision,
+                inst = predict_instances(runner, image, slicing, tta, test_scale=test_scale, precision=precision,
                                          progress=progress)
                 for box, score, label, crop, win in zip(inst.boxes.tolist(), inst.scores.tolist(), inst.labels.tolist(),
                                                         inst.binary_crops(thr), inst.windows.tolist()):

@@ -96,10 +96,9 @@ def _to_image(raw: dict[str, Tensor], view_hw: tuple[int, int], image_hw: tuple[
 
 
 def _run_model(model: Any, images: list[Tensor], precision: str) -> list[dict[str, Tensor]]:
-    from ..modeling.acceleration import inference_autocast
-
+    """``detect_raw`` of ``model``, which ``predict_instances`` has made the module of ``precision``."""
     device = next(model.parameters()).device
-    with torch.no_grad(), inference_autocast(device, precision):  # type: ignore[arg-type]
+    with torch.no_grad():
         return model.detect_raw([im.to(device).float() for im in images])
 
 
@@ -151,9 +150,14 @@ def predict_instances(
 
     ``test_scale`` is the (long, short) resize of the whole-image views (unsliced TTA views and
     ``with_full_image``; default the model's ``cfg.test_scale``, else mmdet's 1333 x 800).
-    ``progress`` shows a bar over the tiles (or views)."""
+    ``progress`` shows a bar over the tiles (or views). ``precision='bf16'`` runs a bf16 copy of
+    ``model`` (:func:`~swin_maskrcnn.modeling.acceleration.inference_model`; pass a bf16 model, e.g.
+    one from it, when predicting many images, so that it is converted once)."""
     if slicing is None and tta is None:
         raise SliceConfigError("predict_instances needs slicing and/or tta settings")
+    from ..modeling.acceleration import inference_model
+
+    model = inference_model(model, precision)  # bf16: a bf16 copy (the model itself when already bf16)
     img = as_uint8_chw(image)
     h, w = int(img.shape[1]), int(img.shape[2])
     mask_thr = float(model.cfg.roi.mask_thr)

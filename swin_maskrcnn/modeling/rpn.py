@@ -217,7 +217,8 @@ class RPNHead(nn.Module):
         cfg = self.cfg
         nms_pre = cfg.nms_pre_train if training else cfg.nms_pre_test
         max_per_img = cfg.max_per_img_train if training else cfg.max_per_img_test
-        flat = [flatten_level(c.detach(), r.detach()) for c, r in zip(cls, reg)]
+        # decoded and NMSed in fp32 (a no-op for fp32 maps; bf16 maps of a bf16 model are cast here)
+        flat = [flatten_level(c.detach().float(), r.detach().float()) for c, r in zip(cls, reg)]
         results = []
         for img in range(cls[0].shape[0]):
             scores_l, deltas_l, anchors_l, levels_l = [], [], [], []

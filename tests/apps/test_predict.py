@@ -155,6 +155,19 @@ def test_predict_with_a_swin_v2_checkpoint(inputs, tmp_path):
         _check_against_model(per[str(folder / name)], model, folder / name, SCALE, {0: 3, 1: 7}.__getitem__)
 
 
+def test_predict_cli_precision_bf16_runs_the_bf16_copy(ours, inputs, tmp_path):
+    """``--precision bf16`` writes what ``Predictor(precision='bf16')`` returns, which is not fp32's."""
+    image = str(inputs["folder"] / "a_rgb.png")
+    out = tmp_path / "bf.json"
+    assert main(["predict", "--checkpoint", str(ours), "--out", str(out), "--no-progress", "--precision", "bf16",
+                 "--device", "cpu", image]) == 0
+    got = [r["score"] for r in json.loads(out.read_text())]
+    (bf,) = Predictor(ours, device="cpu", precision="bf16").predict(image)
+    (fp,) = Predictor(ours, device="cpu", precision="fp32").predict(image)
+    assert got == pytest.approx(bf["scores"].tolist(), abs=1e-6)
+    assert len(got) == len(fp["scores"]) and got != pytest.approx(fp["scores"].tolist(), abs=1e-6)
+
+
 def test_max_per_img_and_score_thr(ours, inputs, tmp_path):
     image = str(inputs["folder"] / "a_rgb.png")
     out = tmp_path / "p.json"
@@ -280,18 +293,23 @@ def test_predict_and_evaluate_default_to_auto_precision():
     assert parser.parse_args(["evaluate", "--checkpoint", "c", "--ann", "a", "--images", "i"]).precision == "auto"
 
 
-def test_predictor_precision_bf16_is_the_model_under_autocast_and_auto_is_resolved(ours, inputs, caplog):
-    """``precision='bf16'`` equals ``model.predict`` under bf16 autocast; ``auto`` resolves (and logs) by the CPU."""
+def test_predictor_precision_bf16_is_the_models_bf16_copy_and_auto_is_resolved(ours, inputs, caplog):
+    """``precision='bf16'`` equals ``bf16_copy(model).predict`` and leaves a given model's fp32 weights
+    as they were; ``auto`` resolves (and logs) by the CPU."""
     import logging
 
-    from swin_maskrcnn.modeling.acceleration import cpu_has_native_bf16
+    from swin_maskrcnn.modeling.acceleration import bf16_copy, cpu_has_native_bf16
 
     image = load_rgb_image(inputs["loose"])
     model = load_model(ours)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        (ref,) = model.predict([image])
+    (ref,) = bf16_copy(model).predict([image])
     (got,) = Predictor(ours, device="cpu", precision="bf16").predict(image)
     assert torch.equal(got["boxes"], ref["boxes"]) and torch.equal(got["masks"], ref["masks"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    p = Predictor(model, device="cpu", precision="bf16")
+    (again,) = p.predict(image)
+    assert torch.equal(again["boxes"], ref["boxes"]) and p.runner is not model
+    assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in model.state_dict().items())
     with caplog.at_level(logging.INFO, logger="swin_maskrcnn.modeling.acceleration"):
         p = Predictor(ours, device="cpu", precision="auto")
     assert p.precision == ("bf16" if cpu_has_native_bf16() else "fp32")

@@ -70,6 +70,19 @@ def test_one_tile_covering_the_image_equals_the_models_own_prediction(ckpt):
     assert "masks" not in sliced  # never full-image masks per detection
 
 
+def test_one_tile_in_bf16_equals_the_bf16_models_own_prediction(ckpt):
+    """Slicing honours ``precision='bf16'``: one covering tile is the plain bf16 prediction (the same bf16 copy)."""
+    image = _image(90, 130)
+    plain = Predictor(ckpt, device="cpu", scale=None, precision="bf16").predict([image])[0]
+    p = Predictor(ckpt, device="cpu", scale=None, slicing=SliceConfig(200, 300), precision="bf16")
+    sliced = p.predict([image])[0]
+    assert p.runner.backbone.patch_embed.projection.weight.dtype == torch.bfloat16
+    order = torch.argsort(plain["scores"], descending=True, stable=True)
+    assert len(plain["scores"]) > 5 and torch.equal(sliced["scores"], plain["scores"][order])
+    assert torch.equal(sliced["boxes"], plain["boxes"][order])
+    assert torch.equal(crops_to_dense(sliced["mask_crops"], sliced["mask_windows"], 90, 130), plain["masks"][order])
+
+
 def test_tiles_are_batched_and_mapped_to_image_coordinates(ckpt):
     """A detection of a tile at (x0, y0) is the model's detection on that tile, shifted by (x0, y0)."""
     from swin_maskrcnn import load_model
@@ -164,7 +177,7 @@ def test_predict_cli_slice_rles_and_viz(ckpt, tmp_path):
     out, viz = tmp_path / "p.json", tmp_path / "viz"
     rc = main(["predict", "--checkpoint", str(ckpt), "--out", str(out), "--viz", str(viz), "--device", "cpu",
                "--no-progress", "--slice", "64", "96", "--overlap", "0.3", "--slice-batch", "4", "--tta",
-               str(tmp_path / "big.png")])
+               "--precision", "fp32", str(tmp_path / "big.png")])  # (the CLI's auto is bf16 on an AMX CPU)
     assert rc == 0
     results = json.loads(out.read_text())
     ref = Predictor(ckpt, device="cpu", slicing=SliceConfig(64, 96, overlap=0.3, batch=4),

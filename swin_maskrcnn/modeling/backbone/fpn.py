@@ -20,18 +20,23 @@ def add_upsampled(fine: Tensor, coarse: Tensor) -> Tensor:
 
     When ``fine`` is exactly twice ``coarse`` per side, nearest upsampling repeats each coarse pixel
     in a 2 x 2 block, so without autograd the sum is a broadcast add on a ``(N, C, h, 2, w, 2)``
-    view of ``fine``, done in place (``fine`` is a fresh lateral output that nothing else holds).
+    view of ``fine`` (``(N, h, 2, w, 2, C)`` for channels_last maps), done in place (``fine`` is a
+    fresh lateral output that nothing else holds).
     Other sizes, and autograd, take the interpolate path.
     """
     n, c, h, w = coarse.shape
     # Not while tracing: the TorchScript-based ONNX exporter does not carry an in-place write through
     # a view over to later uses of the base tensor. Not with autograd either: the backward of a
     # broadcast add (a sum over the strided 2 x 2 block dims) is ~2x slower than upsample's backward.
-    exact_2x = fine.shape[-2:] == (2 * h, 2 * w) and fine.is_contiguous() and fine.dtype == coarse.dtype
+    exact_2x = fine.shape[-2:] == (2 * h, 2 * w) and fine.dtype == coarse.dtype
     grad = torch.is_grad_enabled() and (fine.requires_grad or coarse.requires_grad)
     if exact_2x and not grad and not torch.jit.is_tracing():
-        fine.view(n, c, h, 2, w, 2).add_(coarse[:, :, :, None, :, None])
-        return fine
+        if fine.is_contiguous():
+            fine.view(n, c, h, 2, w, 2).add_(coarse[:, :, :, None, :, None])
+            return fine
+        if fine.is_contiguous(memory_format=torch.channels_last):  # the same add on the NHWC view
+            fine.permute(0, 2, 3, 1).view(n, h, 2, w, 2, c).add_(coarse.permute(0, 2, 3, 1)[:, :, None, :, None, :])
+            return fine
     return fine + F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
 
 

@@ -381,6 +381,10 @@ class SwinTransformer(nn.Module):
     # the parts a subclass swaps (Swin V2: its stages and patch merging); the rest is shared
     stage_cls: type[nn.Module] = SwinStage
     merging_cls: type[nn.Module] = PatchMerging
+    #: memory format of the 4 output maps: NCHW, or channels_last (set by ``acceleration.bf16_copy``:
+    #: the NHWC tokens are channels_last already, so no copy, and oneDNN's bf16 convolutions of the
+    #: FPN run in channels_last without reorders)
+    out_memory_format: torch.memory_format = torch.contiguous_format
 
     def __init__(
         self,
@@ -486,11 +490,13 @@ class SwinTransformer(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """``[B, 3, H, W]`` -> 4 maps ``[B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2))]``."""
-        x, hw = self.patch_embed(x)
+        """``[B, 3, H, W]`` -> 4 maps ``[B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2))]``, in the dtype
+        of the weights (the fp32 image batch is cast to it: a no-op in fp32, bf16 for ``bf16_copy``)."""
+        x, hw = self.patch_embed(x.to(self.patch_embed.projection.weight.dtype))
         outs: list[Tensor] = []
         for i, stage in enumerate(self.stages):
             out, out_hw, x, hw = stage(x, hw)
             out = getattr(self, f"norm{i}")(out)
-            outs.append(out.view(-1, *out_hw, self.out_channels[i]).permute(0, 3, 1, 2).contiguous())
+            outs.append(out.view(-1, *out_hw, self.out_channels[i]).permute(0, 3, 1, 2).contiguous(
+                memory_format=self.out_memory_format))
         return outs

@@ -67,6 +67,9 @@ class MaskHead(nn.Module):
         k, c, m, _ = x.shape
         w = self.conv_logits.weight[labels, :, 0, 0].to(x.dtype)  # K, C
         b = self.conv_logits.bias[labels].to(x.dtype)  # K
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            # channels_last maps (a bf16 copy's convolutions): the same products on the free NHWC view
+            return torch.baddbmm(b.view(k, 1, 1), x.permute(0, 2, 3, 1).reshape(k, m * m, c), w.view(k, c, 1)).view(k, m, m)
         return torch.baddbmm(b.view(k, 1, 1), w.view(k, 1, c), x.reshape(k, c, m * m)).view(k, m, m)
 
     @staticmethod

@@ -3,7 +3,8 @@
 Each RoI goes to level floor(log2(sqrt(w*h) / finest_scale + 1e-6)) clamped to the available levels
 (P2..P5), and is pooled with ``torchvision.ops.roi_align(aligned=True, sampling_ratio=0)`` at that
 level's ``1 / stride``. Output rows follow the input RoI order (not grouped by level), and each
-RoI keeps its batch index.
+RoI keeps its batch index. channels_last maps (a bf16 copy's, ``acceleration.bf16_copy``) are pooled
+by :func:`~.roi_align_nhwc.roi_align_nhwc`, the same function in the maps' dtype and layout.
 """
 from __future__ import annotations
 
@@ -11,12 +12,23 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
+from .roi_align_nhwc import roi_align_nhwc
+
 
 def map_roi_levels(rois: Tensor, num_levels: int, finest_scale: float = 56.0) -> Tensor:
     """Level index (0-based) of each RoI (K, 5) = [batch_idx, x1, y1, x2, y2]."""
     scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
     lvls = torch.floor(torch.log2(scale / finest_scale + 1e-6))
     return lvls.clamp(min=0, max=num_levels - 1).long()
+
+
+def pools_nhwc(feat: Tensor) -> bool:
+    """Whether :class:`RoIExtractor` pools ``feat`` with :func:`~.roi_align_nhwc.roi_align_nhwc`: a
+    channels_last map on the CPU (a bf16 copy's), where torchvision's kernel has no bf16 and reads
+    NCHW, at inference (its per-RoI matmuls would make a slow backward: training takes torchvision's)."""
+    training = torch.is_grad_enabled() and feat.requires_grad
+    return (not training and feat.device.type == "cpu"
+            and feat.is_contiguous(memory_format=torch.channels_last) and not feat.is_contiguous())
 
 
 def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
@@ -49,11 +61,15 @@ class RoIExtractor:
         # Each level's pooled features are written straight into their rows of the one output
         # (mmdet's ``roi_feats[inds] = roi_feats_t``): no concatenated copy, no reordering copy.
         out = feats[0].new_empty(rois.shape[0], feats[0].shape[1], self.output_size, self.output_size)
+        nhwc = pools_nhwc(feats[0])
         boxes = rois.to(feats[0].dtype)
         unused = []
         for lvl, idx in enumerate(order.split(counts)):
             if counts[lvl] == 0:
                 unused.append(lvl)
+                continue
+            if nhwc:  # a bf16 copy's channels_last maps: pooled in their dtype, written into out's rows
+                roi_align_nhwc(feats[lvl], rois[idx].float(), out, idx, 1.0 / self.strides[lvl])
                 continue
             pooled = roi_align(
                 feats[lvl], boxes[idx], self.output_size, spatial_scale=1.0 / self.strides[lvl], sampling_ratio=0,

@@ -18,7 +18,7 @@ from ..assigner import MaxIoUAssigner
 from .bbox_head import BBoxHead
 from ..config import ModelConfig
 from .mask_head import MaskHead
-from .roi_extractor import RoIExtractor, boxes_to_rois
+from .roi_extractor import RoIExtractor, boxes_to_rois, pools_nhwc
 from ..sampler import ChoiceFn, RandomSampler, SamplingResult
 
 ROI_STRIDES = [4, 8, 16, 32]
@@ -46,6 +46,18 @@ class RoITargets:
     @property
     def pos_labels(self) -> Tensor:
         return self.labels[: self.num_pos]
+
+
+def roi_align_inputs(feats: list[Tensor]) -> list[Tensor]:
+    """The maps RoIAlign pools at inference: fp32 copies of bf16 maps that torchvision's
+    ``roi_align`` would pool (NCHW ones under autocast: its CPU kernel has no bf16; on a GPU the RoI
+    coordinates would be rounded to bf16 with them), made once for the box and the mask extractor
+    (the pooled features go back to the heads' dtype); else ``feats`` themselves (fp32 maps, and a
+    bf16 copy's channels_last CPU maps, which ``RoIExtractor`` pools in bf16, ``pools_nhwc``)."""
+    f = feats[0] if feats else None
+    if f is not None and f.dtype == torch.bfloat16 and not pools_nhwc(f):
+        return [m.float() for m in feats]
+    return feats
 
 
 class RoIHead(nn.Module):
@@ -203,17 +215,21 @@ class RoIHead(nn.Module):
         postprocess step.
         """
         cfg = self.cfg
+        dtype = feats[0].dtype  # the heads' dtype: the FPN's (bf16 for a bf16 model)
+        pool = roi_align_inputs(feats)
         rois = boxes_to_rois([p[:, :4] for p in proposals])
-        cls_score, bbox_pred = self.bbox_head(self.bbox_roi_extractor(feats, rois))
+        cls_score, bbox_pred = self.bbox_head(self.bbox_roi_extractor(pool, rois).to(dtype))
+        bbox_pred = bbox_pred.float()  # decoded in fp32 (the scores: ``class_scores``)
+        top_first = dtype == torch.bfloat16  # bf16: NMS on the best candidates first (BBoxHead.predict)
         counts = [p.shape[0] for p in proposals]
         dets = []
         for img, (cs, bp, r) in enumerate(zip(cls_score.split(counts), bbox_pred.split(counts), rois.split(counts))):
             boxes, scores, labels = self.bbox_head.predict(
-                r, cs, bp, image_sizes[img], cfg.score_thr, cfg.nms_iou, cfg.max_per_img, score_thrs
+                r, cs, bp, image_sizes[img], cfg.score_thr, cfg.nms_iou, cfg.max_per_img, score_thrs, top_first
             )
             dets.append({"boxes": boxes, "scores": scores, "labels": labels})
-        mask_feats = self.mask_roi_extractor(feats, boxes_to_rois([d["boxes"] for d in dets]))
+        mask_feats = self.mask_roi_extractor(pool, boxes_to_rois([d["boxes"] for d in dets])).to(dtype)
         mask_logits = self.mask_head(mask_feats, torch.cat([d["labels"] for d in dets]))  # each detection's class only
         for det, logits in zip(dets, mask_logits.split([d["boxes"].shape[0] for d in dets])):
-            det["mask_probs"] = logits.sigmoid()
+            det["mask_probs"] = logits.float().sigmoid()
         return dets
