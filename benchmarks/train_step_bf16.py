@@ -9,7 +9,8 @@ an mmdet-made checkpoint, so needs the mmdet venv). fp32 and bf16 alternate, the
 each is excluded, the figure is the median process CPU time. ``--profile`` adds the top operators
 of one profiled bf16 step (self CPU time). ``--bf16-channels-last`` adds a third subject: bf16 on a
 copy of the model whose FPN, RPN and mask head weights and backbone output maps are channels_last
-(an experiment: training does not do this; oneDNN's bf16 convolutions run NCHW maps with reorders).
+(``modeling.acceleration.channels_last_convolutions``: what ``train()`` does for bf16-mixed on the
+CPU, as oneDNN's bf16 convolutions run NCHW maps with reorders).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from speed import adamw_lr0, make_scenes, train_fn  # noqa: E402
 
 from swin_maskrcnn import SwinMaskRCNN  # noqa: E402
+from swin_maskrcnn.modeling.acceleration import channels_last_convolutions  # noqa: E402
 from swin_maskrcnn.modeling.config import ModelConfig  # noqa: E402
 
 
@@ -50,10 +52,7 @@ def main() -> int:
             for b, lb, m in zip(scenes["boxes"], scenes["labels"], scenes["masks"])]
     steps = {d: train_fn(model, lambda: model(ims, tgts), opt, d, "cpu") for d in ("fp32", "bf16")}
     if args.bf16_channels_last:
-        cl = copy.deepcopy(model)
-        for part in (cl.neck, cl.rpn_head, cl.roi_head.mask_head):
-            part.to(memory_format=torch.channels_last)
-        cl.backbone.out_memory_format = torch.channels_last
+        cl = channels_last_convolutions(copy.deepcopy(model))  # what train() does for bf16-mixed on the CPU
         steps["bf16_channels_last"] = train_fn(cl, lambda: cl(ims, tgts), adamw_lr0(cl), "bf16", "cpu")
     for fn in steps.values():
         fn()  # warm-up

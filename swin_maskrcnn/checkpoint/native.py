@@ -97,7 +97,8 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` (a SwinMaskRCNN) in our format, atomically. Returns the path."""
     payload = build_meta(cfg, class_names, cat_id_to_label, global_step)
-    payload["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload["state_dict"] = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                             for k, v in model.state_dict().items()}
     out = atomic_torch_save(payload, path)
     log.info("saved checkpoint %s", out)
     return out
