@@ -31,7 +31,9 @@ shared machine hit all subjects alike; a warm-up run per subject and case is exc
 is the median. Each run also records its process CPU time (``time.process_time()`` of the
 subject's own process): on a machine shared with other jobs, the CPU-time ratio of 1-thread runs
 is the steadier figure. Inference is ``model(images)`` in eval mode under ``torch.no_grad()`` (mmdet:
-``data_preprocessor`` + ``predict(rescale=True)``), masks pasted at the image size. A training step
+``data_preprocessor`` + ``predict(rescale=True)``), masks pasted at the image size; bf16 inference
+is bf16 autocast for every subject except ``ours``, which runs what ``predict --precision bf16`` runs
+(``acceleration.bf16_copy``: the model converted to bf16 once, no autocast). A training step
 is forward with targets, the sum of the losses, backward and an AdamW step with learning rate 0
 (the full optimiser arithmetic runs but the weights stay as loaded, so later cases still compare
 equal models). Peak memory is what the call needs on top of the loaded models: the peak RSS of the subject's
@@ -390,10 +392,19 @@ class LocalSubjects:
         self.ours_v2 = SwinTransformerV2.from_config(ModelConfig(variant="swinv2_t"))
         load_imagenet_backbone(self.ours_v2, tv_v2.state_dict())
         self.ours_v2 = self.ours_v2.to(device).eval()
+        # bf16 inference of ours is what predict / evaluate run: a bf16 copy of the model (no autocast);
+        # an older tree (--repo) without it runs bf16 autocast as it did
+        try:
+            from swin_maskrcnn.modeling.acceleration import bf16_copy
+        except ImportError:
+            bf16_copy = None
+        self.ours_bf16 = bf16_copy(self.ours) if bf16_copy is not None and self.ours is not None else None
         if compile_mode and self.ours is not None:
             from swin_maskrcnn.modeling.acceleration import compile_dense
 
             compile_dense(self.ours, compile_mode)
+            if self.ours_bf16 is not None:
+                compile_dense(self.ours_bf16, compile_mode)
         torch.manual_seed(0)
         self.tv = torchvision.models.detection.maskrcnn_resnet50_fpn(
             weights=None, weights_backbone=None, num_classes=91, box_score_thresh=0.0).to(device)
@@ -419,6 +430,14 @@ class LocalSubjects:
                 off = 1 if name == "tv_r50" else 0  # torchvision's class 0 is the background
                 tg = [dict(t, labels=t["labels"] + off) for t in tgts]
                 return train_fn(model, lambda: model(ims, tg), self.opt[name], dtype, dev)
+
+            if name == "ours" and dtype == "bf16" and self.ours_bf16 is not None:
+                copy_ = self.ours_bf16
+
+                def infer_bf16_copy():
+                    with torch.no_grad():
+                        return copy_(ims)
+                return infer_bf16_copy
 
             def infer():
                 model.eval()
