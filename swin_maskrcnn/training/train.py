@@ -364,15 +364,16 @@ def check_output_dir(cfg: TrainConfig, run_dir: Path, model: torch.nn.Module) ->
 
 
 def build_model(cfg: TrainConfig, resume: Optional[Path], class_names: Optional[Sequence[str]] = None,
-                run_dir: Optional[Path] = None) -> SwinMaskRCNN:
-    """The detector, with the configured initial weights unless resuming (the checkpoint has them)."""
+                run_dir: Optional[Path] = None, precision: Optional[str] = None) -> SwinMaskRCNN:
+    """The detector, with the configured initial weights unless resuming (the checkpoint has them).
+    ``precision``: the run's Lightning precision when already resolved (default: from the config)."""
     model = SwinMaskRCNN(cfg.model)
     if cfg.init.backbone_checkpoint and resume is None:
         load_imagenet_backbone(model.backbone, cfg.init.backbone_checkpoint)
     if cfg.init.checkpoint and resume is None:
         init_weights_from(model, cfg.init.checkpoint, class_names, cfg.init.class_map or None, run_dir,
                           map_classes=cfg.init.map_classes)
-    if uses_channels_last(cfg.runtime.precision, cfg.runtime.accelerator):
+    if uses_channels_last(precision or cfg.runtime.precision, cfg.runtime.accelerator):
         channels_last_convolutions(model)
         log.info("bf16-mixed on the CPU: FPN, RPN and mask head convolutions in channels_last "
                  "(oneDNN's bf16 layout; modeling.acceleration.channels_last_convolutions)")
@@ -468,7 +469,8 @@ def uses_channels_last(precision: str, accelerator: str, flags: Optional[Any] = 
             and run_device_type(accelerator) == "cpu")
 
 
-def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[L.Callback]) -> L.Trainer:
+def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[L.Callback],
+                  precision: Optional[str] = None) -> L.Trainer:
     """Lightning Trainer of the run: one 'epoch' of max_steps optimizer steps (our sampler shards
     and orders the data), Lightning's devices/strategy/precision, atomic checkpoint writes."""
     rt = cfg.runtime
@@ -477,7 +479,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Sequence[L.Callbac
         devices=rt.devices,
         num_nodes=rt.num_nodes,
         strategy=rt.strategy,
-        precision=lightning_precision(rt.precision, rt.accelerator),
+        precision=precision or lightning_precision(rt.precision, rt.accelerator),
         max_steps=cfg.optim.max_steps,
         max_epochs=-1,
         max_time=None if rt.max_minutes is None else timedelta(minutes=rt.max_minutes),
@@ -573,12 +575,13 @@ def _run(cfg: TrainConfig, resume: Optional[Path], run_dir: Path, t0: float,
     train_ds, val_ds = build_datasets(cfg)
     check_resume(None if resume is None else str(resume), cfg, train_ds)
     anchor_fit = apply_auto_anchors(cfg, train_ds, resume)  # before the model: its RPN takes the fitted anchors
-    model = build_model(cfg, resume, train_ds.class_names, run_dir)
+    precision = lightning_precision(cfg.runtime.precision, cfg.runtime.accelerator)  # resolved (and logged) once
+    model = build_model(cfg, resume, train_ds.class_names, run_dir, precision)
     check_output_dir(cfg, run_dir, model)
     module = DetectionModule(cfg, train_ds.class_names, train_ds.cat_id_to_label, model=model)
     datamodule = DetectionDataModule(cfg, train_ds)
     callbacks = build_callbacks(cfg, run_dir, train_ds, val_ds, extra_callbacks, stop=stop)
-    trainer = build_trainer(cfg, run_dir, callbacks.all())
+    trainer = build_trainer(cfg, run_dir, callbacks.all(), precision)
     cfg_path = run_dir / "config.yaml"
     if trainer.is_global_zero:
         cfg_path = _write_config(cfg, run_dir)

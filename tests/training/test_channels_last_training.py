@@ -106,3 +106,13 @@ def test_bf16_mixed_run_trains_and_writes_contiguous_checkpoints(tmp_path):
     with torch.no_grad():
         out = model.predict([torch.rand(3, 128, 128)])
     assert len(out) == 1
+
+
+def test_auto_precision_is_resolved_and_logged_once_per_run(tmp_path, caplog):
+    """``runtime.precision: auto`` is resolved once by ``train()`` for the model's layout and the Trainer."""
+    ann, imgs = make_tiny_coco(tmp_path / "coco", n_images=2)
+    cfg = tiny_train_config(ann, imgs, tmp_path / "runs", "auto", max_steps=2, precision="auto",
+                            val_every_n_steps=2, checkpoint_every_n_steps=2, probe_every_n_steps=0)
+    with caplog.at_level("INFO", logger="swin_maskrcnn"):
+        train(cfg)
+    assert sum("precision auto ->" in r.getMessage() for r in caplog.records) == 1
